@@ -1,0 +1,41 @@
+//! `buildopt hash`: input digests, or the exact context entry list of one service.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+
+use super::{ExitStatus, hash_all, select};
+use crate::cli::args::HashArgs;
+use crate::config::Workspace;
+use crate::context::{DockerIgnore, EntryKind, walk};
+use crate::printer::Printer;
+
+pub(super) fn run(ws: &Workspace, args: &HashArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+    if let Some(name) = &args.list {
+        let svc = select(ws, std::slice::from_ref(name))?
+            .into_iter()
+            .find(|s| &s.name == name)
+            .expect("select returns the named service");
+        let ignore = DockerIgnore::load(&svc.context, &svc.dockerfile)?;
+        let (entries, _) = walk(&svc.context, &ignore.filter()?).with_context(|| format!("listing service `{name}`"))?;
+        let mut out = printer.stdout();
+        for e in &entries {
+            out.write_all(&e.path)?;
+            if e.kind == EntryKind::Dir {
+                out.write_all(b"/")?;
+            }
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        return Ok(ExitStatus::Success);
+    }
+    let services = select(ws, &args.services)?;
+    let inputs = hash_all(ws, &services, printer)?;
+    let mut out = printer.stdout();
+    for (svc, inp) in services.iter().zip(&inputs) {
+        if args.services.is_empty() || args.services.contains(&svc.name) {
+            writeln!(out, "{} {}", svc.name, inp.digest)?;
+        }
+    }
+    Ok(ExitStatus::Success)
+}

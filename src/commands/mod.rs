@@ -1,0 +1,120 @@
+//! One function per command; the only layer that uses `anyhow`, along with `cli`.
+
+mod hash;
+mod plan;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::cli::args::{Cli, Command};
+use crate::config::{ConfigError, Service, Workspace};
+use crate::hash::{Digest, ServiceInputs, hash_service};
+use crate::index::{Index, IndexStatus};
+use crate::printer::Printer;
+
+/// The directory of local state and the content index, relative to the workspace root.
+pub const CACHE_DIR: &str = ".build-cache";
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Everything worked (0).
+    Success,
+    /// Some service failed (1).
+    Failure,
+    /// Usage or config error (2).
+    Error,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(s: ExitStatus) -> ExitCode {
+        ExitCode::from(match s {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::Error => 2,
+        })
+    }
+}
+
+/// A mistake in how buildopt was called (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit status for an error: 2 for usage and config errors, 1 for the rest.
+pub fn status_of(err: &anyhow::Error) -> ExitStatus {
+    let usage = err.chain().any(|c| {
+        c.is::<ConfigError>()
+            || c.is::<UsageError>()
+            || matches!(
+                c.downcast_ref::<crate::context::ContextError>(),
+                Some(crate::context::ContextError::IgnoreSyntax { .. })
+            )
+    });
+    if usage { ExitStatus::Error } else { ExitStatus::Failure }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
+    let ws = load_workspace(cli.global.config.as_ref())?;
+    match cli.command {
+        Command::Hash(args) => hash::run(&ws, &args, printer),
+        Command::Plan(args) => plan::run(&ws, &args, printer),
+    }
+}
+
+fn load_workspace(config: Option<&PathBuf>) -> anyhow::Result<Workspace> {
+    Ok(match config {
+        Some(path) => Workspace::load(path)?,
+        None => Workspace::discover(&std::env::current_dir().context("reading the current directory")?)?,
+    })
+}
+
+/// The selected services (plus their dependencies) or a usage error naming the unknown one.
+fn select<'a>(ws: &'a Workspace, names: &[String]) -> anyhow::Result<Vec<&'a Service>> {
+    ws.select(names).map_err(|unknown| {
+        let known: Vec<&str> = ws.services.iter().map(|s| s.name.as_str()).collect();
+        UsageError(format!(
+            "no service `{unknown}` in {}; known services: {}",
+            ws.config_path.display(),
+            known.join(", ")
+        ))
+        .into()
+    })
+}
+
+/// Hashes `services` (dependencies first) with the workspace's content index, saving the index afterwards.
+fn hash_all(ws: &Workspace, services: &[&Service], printer: Printer) -> anyhow::Result<Vec<ServiceInputs>> {
+    let index = Index::open(&ws.root.join(CACHE_DIR));
+    if let IndexStatus::Discarded(why) = index.status() {
+        tracing::warn!("rebuilding the local hash index: {why}");
+    }
+    let mut digests: BTreeMap<String, Digest> = BTreeMap::new();
+    let mut out = Vec::new();
+    for svc in services {
+        let inputs = hash_service(svc, &digests, &index).with_context(|| format!("hashing service `{}`", svc.name))?;
+        warn_skipped(printer, &svc.name, &inputs);
+        digests.insert(svc.name.clone(), inputs.digest);
+        out.push(inputs);
+    }
+    let walked: Vec<PathBuf> = services.iter().map(|s| s.context.clone()).collect();
+    if let Err(e) = index.save(&walked) {
+        tracing::warn!("could not save the local hash index: {e}");
+    }
+    Ok(out)
+}
+
+fn warn_skipped(printer: Printer, service: &str, inputs: &ServiceInputs) {
+    use std::io::Write;
+    let mut err = printer.errors();
+    for s in &inputs.skipped {
+        let _ = writeln!(
+            err,
+            "warning: service `{service}`: skipping {} `{}` (special files are not sent to BuildKit)",
+            s.what, s.path
+        );
+    }
+}

@@ -1,0 +1,593 @@
+//! `buildopt.toml`: where it is found, its schema, and its validation into a [`Workspace`].
+//!
+//! Every error names the file, the line and the key, and says what to do. Nothing here panics on bad input.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+/// The config file name looked for in the current directory and its parents.
+pub const CONFIG_FILE: &str = "buildopt.toml";
+
+/// A config problem, located in the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No config file in the current directory or any parent.
+    #[error("no {CONFIG_FILE} in {} or any parent directory; create one or pass --config PATH", .0.display())]
+    NotFound(PathBuf),
+    /// The file could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is read but wrong, at a known place.
+    #[error("{}:{line}: {message}", path.display())]
+    Invalid {
+        /// The config path.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong, naming the key, and what to do.
+        message: String,
+    },
+}
+
+/// `ecr = "auto" | true | false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EcrMode {
+    /// ECR when the registry host looks like `<account>.dkr.ecr.<region>.amazonaws.com`.
+    #[default]
+    Auto,
+    /// Always ECR.
+    On,
+    /// Never ECR.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for EcrMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(EcrMode::On),
+            Raw::Bool(false) => Ok(EcrMode::Off),
+            Raw::Str(s) if s == "auto" => Ok(EcrMode::Auto),
+            Raw::Str(s) => Err(serde::de::Error::custom(format!(
+                "invalid value `{s}` for `ecr`: expected \"auto\", true or false"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    registry: Option<RegistryToml>,
+    buildkit: Option<BuildkitToml>,
+    #[serde(default)]
+    services: BTreeMap<Spanned<String>, Spanned<ServiceToml>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryToml {
+    url: Spanned<String>,
+    #[serde(default)]
+    insecure: bool,
+    #[serde(default)]
+    ecr: EcrMode,
+    #[serde(default)]
+    create_repositories: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildkitToml {
+    addr: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceToml {
+    context: Spanned<String>,
+    dockerfile: Option<Spanned<String>>,
+    image: Option<Spanned<String>>,
+    tags: Option<Vec<Spanned<String>>>,
+    cache_tag: Option<Spanned<String>>,
+    target: Option<String>,
+    #[serde(default)]
+    build_args: BTreeMap<String, String>,
+    #[serde(default)]
+    platforms: Vec<Spanned<String>>,
+    #[serde(default)]
+    depends_on: Vec<Spanned<String>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// The registry images are pushed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registry {
+    /// `host[:port][/path]`, no scheme.
+    pub url: String,
+    /// Plain HTTP.
+    pub insecure: bool,
+    /// Whether to treat it as AWS ECR.
+    pub ecr: EcrMode,
+    /// Create missing repositories (ECR).
+    pub create_repositories: bool,
+}
+
+impl Registry {
+    /// The host part (`host[:port]`) of the URL.
+    pub fn host(&self) -> &str {
+        self.url.split('/').next().unwrap_or(&self.url)
+    }
+
+    /// Whether this registry is ECR, resolving `auto` from the host name.
+    pub fn is_ecr(&self) -> bool {
+        match self.ecr {
+            EcrMode::On => true,
+            EcrMode::Off => false,
+            EcrMode::Auto => is_ecr_host(self.host()),
+        }
+    }
+}
+
+/// `<account>.dkr.ecr.<region>.amazonaws.com` (and `.com.cn`).
+pub fn is_ecr_host(host: &str) -> bool {
+    let parts: Vec<&str> = host.split('.').collect();
+    parts.len() >= 6
+        && parts[0].len() == 12
+        && parts[0].bytes().all(|b| b.is_ascii_digit())
+        && parts[1] == "dkr"
+        && parts[2].starts_with("ecr")
+        && (host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn"))
+}
+
+/// One service, validated, with absolute paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// The name (the key under `[services]`).
+    pub name: String,
+    /// Build context directory.
+    pub context: PathBuf,
+    /// Dockerfile path.
+    pub dockerfile: PathBuf,
+    /// Repository name under the registry.
+    pub image: String,
+    /// Tags to point at the built image.
+    pub tags: Vec<String>,
+    /// Tag of the registry build cache.
+    pub cache_tag: String,
+    /// Stage to build.
+    pub target: Option<String>,
+    /// `ARG` values.
+    pub build_args: BTreeMap<String, String>,
+    /// Target platforms (`os/arch[/variant]`); empty = the daemon's default.
+    pub platforms: Vec<String>,
+    /// Services whose image feeds this one.
+    pub depends_on: Vec<String>,
+    /// Image labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A loaded config: where it is, and its services in dependency order (dependencies first).
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    /// The directory holding the config; relative paths in it are relative to this.
+    pub root: PathBuf,
+    /// The config file.
+    pub config_path: PathBuf,
+    /// `[registry]`, if any.
+    pub registry: Option<Registry>,
+    /// `[buildkit] addr`, if any.
+    pub buildkit_addr: Option<String>,
+    /// Services, dependencies before dependents, otherwise by name.
+    pub services: Vec<Service>,
+}
+
+impl Workspace {
+    /// Finds `buildopt.toml` in `start` or a parent directory.
+    pub fn discover(start: &Path) -> Result<Workspace, ConfigError> {
+        for dir in start.ancestors() {
+            let candidate = dir.join(CONFIG_FILE);
+            if candidate.is_file() {
+                return Workspace::load(&candidate);
+            }
+        }
+        Err(ConfigError::NotFound(start.to_owned()))
+    }
+
+    /// Loads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Workspace, ConfigError> {
+        let text = fs_err::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let abs = std::path::absolute(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let root = abs.parent().map(Path::to_owned).unwrap_or_default();
+        Workspace::parse(&text, &abs, &root)
+    }
+
+    /// Parses config `text` as if it were the file `path` in directory `root`.
+    pub fn parse(text: &str, path: &Path, root: &Path) -> Result<Workspace, ConfigError> {
+        let at = Locator { text, path };
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(1, |s| at.line(s.start));
+            at.err_line(line, e.message().trim_end().to_owned())
+        })?;
+
+        let registry = match file.registry {
+            None => None,
+            Some(r) => {
+                validate_registry_url(r.url.get_ref())
+                    .map_err(|m| at.err(r.url.span(), format!("`registry.url`: {m}")))?;
+                Some(Registry {
+                    url: r.url.into_inner(),
+                    insecure: r.insecure,
+                    ecr: r.ecr,
+                    create_repositories: r.create_repositories,
+                })
+            }
+        };
+
+        let names: Vec<String> = file.services.keys().map(|k| k.get_ref().clone()).collect();
+        let mut services = Vec::new();
+        for (name, svc) in file.services {
+            let span = name.span();
+            let name = name.into_inner();
+            validate_service_name(&name).map_err(|m| at.err(span.clone(), format!("service `{name}`: {m}")))?;
+            let key = |k: &str| format!("`services.{name}.{k}`");
+            let svc = svc.into_inner();
+
+            let context = root.join(svc.context.get_ref());
+            if !context.is_dir() {
+                return Err(at.err(
+                    svc.context.span(),
+                    format!(
+                        "{}: context directory `{}` does not exist; fix the path (it is relative to {})",
+                        key("context"),
+                        svc.context.get_ref(),
+                        root.display()
+                    ),
+                ));
+            }
+            let dockerfile = match &svc.dockerfile {
+                Some(d) => {
+                    let p = root.join(d.get_ref());
+                    if !p.is_file() {
+                        return Err(at.err(
+                            d.span(),
+                            format!("{}: no file `{}`; fix the path (it is relative to {})", key("dockerfile"), d.get_ref(), root.display()),
+                        ));
+                    }
+                    p
+                }
+                None => {
+                    let p = context.join("Dockerfile");
+                    if !p.is_file() {
+                        return Err(at.err(
+                            span,
+                            format!(
+                                "service `{name}`: no Dockerfile at `{}`; add one or set {}",
+                                Path::new(svc.context.get_ref()).join("Dockerfile").display(),
+                                key("dockerfile")
+                            ),
+                        ));
+                    }
+                    p
+                }
+            };
+            let image = match &svc.image {
+                Some(i) => {
+                    validate_repository(i.get_ref()).map_err(|m| at.err(i.span(), format!("{}: {m}", key("image"))))?;
+                    i.get_ref().clone()
+                }
+                None => {
+                    validate_repository(&name).map_err(|m| {
+                        at.err(span.clone(), format!("service `{name}` has no `image` and its name is not a valid one: {m}"))
+                    })?;
+                    name.clone()
+                }
+            };
+            let mut tags = Vec::new();
+            for t in svc.tags.unwrap_or_default() {
+                validate_tag(t.get_ref()).map_err(|m| at.err(t.span(), format!("{}: {m}", key("tags"))))?;
+                tags.push(t.into_inner());
+            }
+            if tags.is_empty() {
+                tags.push("latest".to_owned());
+            }
+            let cache_tag = match svc.cache_tag {
+                Some(t) => {
+                    validate_tag(t.get_ref()).map_err(|m| at.err(t.span(), format!("{}: {m}", key("cache_tag"))))?;
+                    t.into_inner()
+                }
+                None => "cache".to_owned(),
+            };
+            let mut platforms = Vec::new();
+            for p in svc.platforms {
+                validate_platform(p.get_ref()).map_err(|m| at.err(p.span(), format!("{}: {m}", key("platforms"))))?;
+                platforms.push(p.into_inner());
+            }
+            let mut depends_on = Vec::new();
+            for d in &svc.depends_on {
+                if !names.contains(d.get_ref()) {
+                    return Err(at.err(
+                        d.span(),
+                        format!("{}: unknown service `{}`; define [services.{}] or remove it", key("depends_on"), d.get_ref(), d.get_ref()),
+                    ));
+                }
+                if d.get_ref() == &name {
+                    return Err(at.err(d.span(), format!("{}: service `{name}` depends on itself", key("depends_on"))));
+                }
+                depends_on.push(d.get_ref().clone());
+            }
+            services.push((
+                Service {
+                    name,
+                    context,
+                    dockerfile,
+                    image,
+                    tags,
+                    cache_tag,
+                    target: svc.target,
+                    build_args: svc.build_args,
+                    platforms,
+                    depends_on,
+                    labels: svc.labels,
+                },
+                svc.depends_on,
+            ));
+        }
+
+        let services = topo_sort(services).map_err(|(cycle, span)| {
+            at.err(span, format!("dependency cycle: {}; remove one of these `depends_on` entries", cycle.join(" -> ")))
+        })?;
+        Ok(Workspace {
+            root: root.to_owned(),
+            config_path: path.to_owned(),
+            registry,
+            buildkit_addr: file.buildkit.and_then(|b| b.addr),
+            services,
+        })
+    }
+
+    /// Looks a service up by name.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The named services plus everything they depend on, in dependency order; all services when `names` is empty.
+    /// Returns the first unknown name as the error.
+    pub fn select(&self, names: &[String]) -> Result<Vec<&Service>, String> {
+        if names.is_empty() {
+            return Ok(self.services.iter().collect());
+        }
+        let mut wanted: Vec<&str> = Vec::new();
+        let mut todo: Vec<&str> = Vec::new();
+        for n in names {
+            if self.service(n).is_none() {
+                return Err(n.clone());
+            }
+            todo.push(n);
+        }
+        while let Some(n) = todo.pop() {
+            if wanted.contains(&n) {
+                continue;
+            }
+            wanted.push(n);
+            if let Some(s) = self.service(n) {
+                todo.extend(s.depends_on.iter().map(String::as_str));
+            }
+        }
+        Ok(self.services.iter().filter(|s| wanted.contains(&s.name.as_str())).collect())
+    }
+}
+
+struct Locator<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Locator<'_> {
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    }
+
+    fn err(&self, span: std::ops::Range<usize>, message: String) -> ConfigError {
+        self.err_line(self.line(span.start), message)
+    }
+
+    fn err_line(&self, line: usize, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line,
+            message,
+        }
+    }
+}
+
+/// Orders services dependencies-first (stable by name otherwise); on a cycle, returns it and the span of the
+/// `depends_on` entry that closes it.
+fn topo_sort(
+    services: Vec<(Service, Vec<Spanned<String>>)>,
+) -> Result<Vec<Service>, (Vec<String>, std::ops::Range<usize>)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    fn visit(
+        i: usize,
+        all: &[(Service, Vec<Spanned<String>>)],
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+        order: &mut Vec<usize>,
+    ) -> Result<(), (Vec<String>, std::ops::Range<usize>)> {
+        marks[i] = Mark::Active;
+        path.push(i);
+        for dep in &all[i].1 {
+            let j = all.iter().position(|(s, _)| &s.name == dep.get_ref()).expect("dependencies were checked");
+            match marks[j] {
+                Mark::Done => {}
+                Mark::Active => {
+                    let start = path.iter().position(|&k| k == j).unwrap_or(0);
+                    let mut cycle: Vec<String> = path[start..].iter().map(|&k| all[k].0.name.clone()).collect();
+                    cycle.push(all[j].0.name.clone());
+                    return Err((cycle, dep.span()));
+                }
+                Mark::New => visit(j, all, marks, path, order)?,
+            }
+        }
+        path.pop();
+        marks[i] = Mark::Done;
+        order.push(i);
+        Ok(())
+    }
+    let mut marks = vec![Mark::New; services.len()];
+    let mut order = Vec::new();
+    for i in 0..services.len() {
+        if marks[i] == Mark::New {
+            visit(i, &services, &mut marks, &mut Vec::new(), &mut order)?;
+        }
+    }
+    let mut slots: Vec<Option<Service>> = services.into_iter().map(|(s, _)| Some(s)).collect();
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+fn validate_service_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err("a service name must start with a letter or digit and contain only letters, digits, `-`, `_` and `.`".into())
+    }
+}
+
+/// The repository path grammar of the distribution spec: lowercase components of `[a-z0-9]` joined by `.`, `_`,
+/// `__` or runs of `-`, separated by `/`.
+pub fn validate_repository(repo: &str) -> Result<(), String> {
+    let hint = "an image name is lowercase path components like `team/api` (letters, digits, and `.`, `_`, `-` between them)";
+    if repo.is_empty() || repo.len() > 255 {
+        return Err(format!("invalid image name `{repo}`: {hint}"));
+    }
+    for component in repo.split('/') {
+        let b = component.as_bytes();
+        let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        let mut ok = !b.is_empty() && alnum(b[0]) && alnum(b[b.len() - 1]);
+        let mut i = 0;
+        while ok && i < b.len() {
+            if alnum(b[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < b.len() && !alnum(b[i]) {
+                i += 1;
+            }
+            let sep = &component[start..i];
+            ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-');
+        }
+        if !ok {
+            return Err(format!("invalid image name `{repo}`: {hint}"));
+        }
+    }
+    Ok(())
+}
+
+/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn validate_tag(tag: &str) -> Result<(), String> {
+    let b = tag.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid tag `{tag}`: a tag is 1 to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"))
+    }
+}
+
+fn validate_platform(p: &str) -> Result<(), String> {
+    let parts: Vec<&str> = p.split('/').collect();
+    let ok = (2..=3).contains(&parts.len())
+        && parts.iter().all(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid platform `{p}`: expected `os/arch` or `os/arch/variant`, e.g. `linux/amd64`"))
+    }
+}
+
+fn validate_registry_url(url: &str) -> Result<(), String> {
+    if url.contains("://") {
+        return Err(format!("`{url}` has a scheme; write the host only (e.g. `127.0.0.1:5000`) and set `insecure = true` for http"));
+    }
+    let host = url.split('/').next().unwrap_or("");
+    let ok = !host.is_empty()
+        && host.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']'));
+    if !ok {
+        return Err(format!("invalid registry `{url}`: expected `host[:port][/path]`"));
+    }
+    let path = &url[host.len()..];
+    if !path.is_empty() {
+        validate_repository(path.trim_start_matches('/')).map_err(|m| format!("registry path: {m}"))?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for EcrMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EcrMode::Auto => "auto",
+            EcrMode::On => "true",
+            EcrMode::Off => "false",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_names() {
+        for ok in ["api", "team/api", "a.b_c__d---e/f0", "123456789012/x"] {
+            assert!(validate_repository(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "API", "-x", "x-", "a//b", "a/", "a..b", "a___b", "a b"] {
+            assert!(validate_repository(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ecr_hosts() {
+        assert!(is_ecr_host("123456789012.dkr.ecr.us-west-2.amazonaws.com"));
+        assert!(is_ecr_host("123456789012.dkr.ecr-fips.us-east-1.amazonaws.com"));
+        assert!(!is_ecr_host("127.0.0.1:5000"));
+        assert!(!is_ecr_host("dkr.ecr.us-west-2.amazonaws.com"));
+    }
+}

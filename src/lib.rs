@@ -1,0 +1,13 @@
+//! buildopt: build and push the container images of a multi-service repository through BuildKit, skipping every
+//! service whose inputs did not change.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod context;
+pub mod hash;
+pub mod index;
+pub mod plan;
+pub mod printer;
+pub mod state;

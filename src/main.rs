@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    buildopt::cli::main(std::env::args_os())
+}

@@ -1,0 +1,72 @@
+//! All user-facing output goes through a [`Printer`]: results to stdout, everything for humans to stderr, and
+//! `--quiet` silencing the latter. Diagnostics go through `tracing`, set up here too.
+
+use std::io::{self, Write};
+
+/// How much to say on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// Errors only.
+    Quiet,
+    /// Normal output.
+    Normal,
+    /// `-v`: debug diagnostics.
+    Verbose,
+    /// `-vv`: trace diagnostics.
+    Trace,
+}
+
+/// The one place output is written.
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    verbosity: Verbosity,
+}
+
+impl Printer {
+    /// A printer at `verbosity`.
+    pub fn new(verbosity: Verbosity) -> Printer {
+        Printer { verbosity }
+    }
+
+    /// The verbosity.
+    pub fn verbosity(&self) -> Verbosity {
+        self.verbosity
+    }
+
+    /// Results (hashes, JSON): always written.
+    pub fn stdout(&self) -> impl Write {
+        io::stdout().lock()
+    }
+
+    /// Messages for humans: dropped under `--quiet`.
+    pub fn stderr(&self) -> Box<dyn Write> {
+        if self.verbosity == Verbosity::Quiet {
+            Box::new(io::sink())
+        } else {
+            Box::new(io::stderr().lock())
+        }
+    }
+
+    /// Errors and warnings: always written.
+    pub fn errors(&self) -> impl Write {
+        io::stderr().lock()
+    }
+
+    /// Installs the tracing subscriber: warnings by default, more with `-v`, overridable with `BUILDOPT_LOG`.
+    pub fn init_tracing(&self) {
+        let default = match self.verbosity {
+            Verbosity::Quiet => "error",
+            Verbosity::Normal => "warn",
+            Verbosity::Verbose => "buildopt=debug,info",
+            Verbosity::Trace => "buildopt=trace,debug",
+        };
+        let filter = tracing_subscriber::EnvFilter::try_from_env("BUILDOPT_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(io::stderr)
+            .with_target(false)
+            .without_time()
+            .try_init();
+    }
+}
