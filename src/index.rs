@@ -2,8 +2,9 @@
 //! run over unchanged files reads none of them.
 //!
 //! It is only an accelerator. A missing, stale or corrupt index changes no result: records are trusted only when
-//! every stat field still matches, files changed within the last seconds are never recorded (their mtime may not
-//! yet tell a later change apart), and a file that fails its checksum is discarded and rebuilt.
+//! every stat field still matches, files whose status changed within the last second are never recorded (a change
+//! in the same clock tick would leave ctime equal; ctime, unlike mtime, cannot be set back by tools), and a file
+//! that fails its checksum is discarded and rebuilt.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -17,8 +18,8 @@ use crate::hash::Digest;
 const MAGIC: &[u8; 8] = b"BOIDX\x00\x00\x01";
 /// The index file, relative to the cache directory.
 pub const INDEX_FILE: &str = "index-v1";
-/// Files modified more recently than this are hashed but not recorded.
-const RACY_WINDOW: Duration = Duration::from_secs(2);
+/// Files whose ctime is more recent than this are hashed but not recorded.
+const RACY_WINDOW: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Record {
@@ -120,7 +121,7 @@ impl Index {
     /// Records a freshly computed hash (unless the file changed too recently to be trusted later).
     pub fn insert(&self, path: &Path, e: &Entry, digest: Digest) {
         let racy = self.now_ns - RACY_WINDOW.as_nanos() as i64;
-        if e.mtime_ns >= racy || e.ctime_ns >= racy {
+        if e.ctime_ns >= racy {
             return;
         }
         self.fresh
@@ -257,7 +258,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idx = Index::open(dir.path());
         let mut e = entry();
-        e.mtime_ns = idx.now_ns;
+        e.ctime_ns = idx.now_ns;
         idx.insert(Path::new("/x/a"), &e, Digest([1; 32]));
         idx.save(&[]).unwrap();
         assert_eq!(Index::open(dir.path()).status(), &IndexStatus::Loaded(0));

@@ -53,6 +53,10 @@ pub fn status_of(err: &anyhow::Error) -> ExitStatus {
                 c.downcast_ref::<crate::context::ContextError>(),
                 Some(crate::context::ContextError::IgnoreSyntax { .. })
             )
+            || matches!(
+                c.downcast_ref::<crate::hash::HashError>(),
+                Some(crate::hash::HashError::Context(crate::context::ContextError::IgnoreSyntax { .. }))
+            )
     });
     if usage { ExitStatus::Error } else { ExitStatus::Failure }
 }
