@@ -2,6 +2,8 @@
 //! service whose inputs did not change.
 #![warn(missing_docs)]
 
+pub mod auth;
+pub mod buildkit;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -10,4 +12,5 @@ pub mod hash;
 pub mod index;
 pub mod plan;
 pub mod printer;
+pub mod session;
 pub mod state;

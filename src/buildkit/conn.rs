@@ -1,0 +1,314 @@
+//! BuildKit addresses and connections: `unix://`, `tcp://` (optionally mTLS), and `docker://` (dockerd's embedded
+//! BuildKit, reached by upgrading `POST /grpc` on the Docker socket to h2c).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::UnixStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+
+/// The default standalone buildkitd socket.
+pub const DEFAULT_ADDR: &str = "unix:///run/buildkit/buildkitd.sock";
+/// The default Docker socket for `docker://`.
+pub const DEFAULT_DOCKER_SOCK: &str = "/var/run/docker.sock";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where BuildKit listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    /// A unix socket of buildkitd.
+    Unix(PathBuf),
+    /// `host:port` over TCP.
+    Tcp(String),
+    /// dockerd's embedded BuildKit through this Docker socket.
+    Docker(PathBuf),
+}
+
+/// An address that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AddrError {
+    /// Not one of the supported schemes.
+    #[error("unsupported BuildKit address `{0}`: use unix:///path, tcp://host:port or docker://[/path/to/docker.sock]")]
+    Unsupported(String),
+}
+
+impl FromStr for Addr {
+    type Err = AddrError;
+    fn from_str(s: &str) -> Result<Addr, AddrError> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Err(AddrError::Unsupported(s.to_owned()));
+            }
+            Ok(Addr::Unix(PathBuf::from(path)))
+        } else if let Some(hostport) = s.strip_prefix("tcp://") {
+            let hostport = hostport.trim_end_matches('/');
+            if hostport.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+                return Err(AddrError::Unsupported(s.to_owned()));
+            }
+            Ok(Addr::Tcp(hostport.to_owned()))
+        } else if let Some(path) = s.strip_prefix("docker://") {
+            Ok(Addr::Docker(PathBuf::from(if path.is_empty() { DEFAULT_DOCKER_SOCK } else { path })))
+        } else {
+            Err(AddrError::Unsupported(s.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Unix(p) => write!(f, "unix://{}", p.display()),
+            Addr::Tcp(h) => write!(f, "tcp://{h}"),
+            Addr::Docker(p) => write!(f, "docker://{}", p.display()),
+        }
+    }
+}
+
+impl Addr {
+    /// The address to use when none is configured: the rootful buildkitd socket, else the rootless one.
+    pub fn default_local() -> Addr {
+        let rootful = Path::new("/run/buildkit/buildkitd.sock");
+        if !rootful.exists()
+            && let Some(run) = std::env::var_os("XDG_RUNTIME_DIR")
+        {
+            let rootless = Path::new(&run).join("buildkit/buildkitd.sock");
+            if rootless.exists() {
+                return Addr::Unix(rootless);
+            }
+        }
+        Addr::Unix(rootful.to_owned())
+    }
+}
+
+/// TLS files for `tcp://` (like buildctl's `--tlscacert`, `--tlscert`, `--tlskey`, `--tlsservername`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// CA certificate (PEM) that signed the daemon's certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM) for mTLS.
+    pub key: Option<PathBuf>,
+    /// Server name to verify instead of the host.
+    pub server_name: Option<String>,
+}
+
+impl TlsOptions {
+    fn enabled(&self) -> bool {
+        self.ca_cert.is_some() || self.cert.is_some() || self.key.is_some() || self.server_name.is_some()
+    }
+}
+
+/// Why a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The socket or host did not answer.
+    #[error("cannot connect to BuildKit at {addr}: {hint}")]
+    Unreachable {
+        /// The address.
+        addr: String,
+        /// What to check.
+        hint: String,
+        /// The transport error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A TLS file could not be read or used.
+    #[error("cannot use TLS file {}", path.display())]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS options given for a non-TCP address, or a client cert without its key.
+    #[error("{0}")]
+    TlsConfig(String),
+}
+
+/// Opens a gRPC channel to BuildKit at `addr`.
+pub async fn connect(addr: &Addr, tls: &TlsOptions) -> Result<Channel, ConnectError> {
+    let unreachable = |hint: String| {
+        let addr = addr.to_string();
+        move |source: Box<dyn std::error::Error + Send + Sync>| ConnectError::Unreachable { addr, hint, source }
+    };
+    if tls.enabled() && !matches!(addr, Addr::Tcp(_)) {
+        return Err(ConnectError::TlsConfig(format!("TLS options apply to tcp:// addresses only, not {addr}")));
+    }
+    // The URI is only used for the `:authority` header on socket connectors; the daemon ignores it.
+    match addr {
+        Addr::Unix(path) => {
+            let path = path.clone();
+            let hint = format!("check that buildkitd is running and listening on {}", path.display());
+            Endpoint::from_static("http://localhost")
+                .connect_timeout(CONNECT_TIMEOUT)
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+                }))
+                .await
+                .map_err(|e| unreachable(hint)(Box::new(e)))
+        }
+        Addr::Docker(sock) => {
+            let sock = sock.clone();
+            let hint = format!(
+                "check that dockerd is running with its socket at {} and that its API allows BuildKit (POST /grpc)",
+                sock.display()
+            );
+            Endpoint::from_static("http://docker")
+                .connect_timeout(CONNECT_TIMEOUT)
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let sock = sock.clone();
+                    async move { docker_grpc_upgrade(&sock).await.map(TokioIo::new) }
+                }))
+                .await
+                .map_err(|e| unreachable(hint)(Box::new(e)))
+        }
+        Addr::Tcp(hostport) => {
+            let hint = format!("check that buildkitd listens on tcp://{hostport} and that the TLS settings match");
+            let scheme = if tls.enabled() { "https" } else { "http" };
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{hostport}"))
+                .map_err(|e| unreachable(hint.clone())(Box::new(e)))?
+                .connect_timeout(CONNECT_TIMEOUT);
+            if tls.enabled() {
+                endpoint = endpoint.tls_config(tls_config(tls).await?).map_err(|e| unreachable(hint.clone())(Box::new(e)))?;
+            }
+            endpoint.connect().await.map_err(|e| unreachable(hint)(Box::new(e)))
+        }
+    }
+}
+
+async fn tls_config(tls: &TlsOptions) -> Result<ClientTlsConfig, ConnectError> {
+    async fn read(path: &Path) -> Result<Vec<u8>, ConnectError> {
+        fs_err::tokio::read(path).await.map_err(|source| ConnectError::Tls {
+            path: path.to_owned(),
+            source,
+        })
+    }
+    let mut config = ClientTlsConfig::new();
+    if let Some(ca) = &tls.ca_cert {
+        config = config.ca_certificate(Certificate::from_pem(read(ca).await?));
+    } else {
+        config = config.with_enabled_roots();
+    }
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(read(cert).await?, read(key).await?));
+        }
+        (None, None) => {}
+        _ => return Err(ConnectError::TlsConfig("--tlscert and --tlskey go together".to_owned())),
+    }
+    if let Some(name) = &tls.server_name {
+        config = config.domain_name(name.clone());
+    }
+    Ok(config)
+}
+
+/// Upgrades a new connection to the Docker socket to h2c on `/grpc` and returns it, ready for HTTP/2.
+async fn docker_grpc_upgrade(sock: &Path) -> std::io::Result<Prefixed<UnixStream>> {
+    let mut stream = UnixStream::connect(sock).await?;
+    stream
+        .write_all(b"POST /grpc HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n")
+        .await?;
+    let (status, rest) = read_http_head(&mut stream).await?;
+    if !status.starts_with("HTTP/1.1 101") {
+        return Err(std::io::Error::other(format!("dockerd refused the BuildKit upgrade: {status}")));
+    }
+    Ok(Prefixed::new(rest, stream))
+}
+
+/// Reads an HTTP/1.1 response head; returns its status line and the bytes read past the head.
+pub(crate) async fn read_http_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(String, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let status = head.lines().next().unwrap_or_default().to_owned();
+            return Ok((status, buf[end + 4..].to_vec()));
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(std::io::Error::other("HTTP response head too large"));
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed during HTTP upgrade"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A stream whose first bytes were already read (the bytes after an HTTP upgrade's head belong to HTTP/2).
+#[derive(Debug)]
+pub(crate) struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed { prefix, pos: 0, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_addresses() {
+        assert_eq!("unix:///run/x.sock".parse::<Addr>().unwrap(), Addr::Unix("/run/x.sock".into()));
+        assert_eq!("tcp://10.0.0.1:1234".parse::<Addr>().unwrap(), Addr::Tcp("10.0.0.1:1234".into()));
+        assert_eq!("docker://".parse::<Addr>().unwrap(), Addr::Docker(DEFAULT_DOCKER_SOCK.into()));
+        assert_eq!("docker:///x/d.sock".parse::<Addr>().unwrap(), Addr::Docker("/x/d.sock".into()));
+        for bad in ["http://x", "tcp://x", "tcp://:1", "unix://", "/run/x.sock"] {
+            assert!(bad.parse::<Addr>().is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn upgrade_keeps_bytes_after_the_head() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        a.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\nPRI *").await.unwrap();
+        let mut b = b;
+        let (status, rest) = read_http_head(&mut b).await.unwrap();
+        assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
+        let mut p = Prefixed::new(rest, b);
+        let mut got = [0u8; 5];
+        p.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"PRI *");
+    }
+}

@@ -1,0 +1,314 @@
+//! The session's `FileSync.DiffCopy`: we are the fsutil *sender*. The daemon names a local directory and sends the
+//! include/exclude patterns; we walk it with the same selection code the hasher uses, stream one STAT per entry
+//! (then an empty STAT), answer REQs with DATA chunks ending in an empty DATA, and finish on the FIN handshake.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use prost::bytes::Bytes;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::buildkit::proto::fsutil::types::{Packet, Stat, packet::PacketType};
+use crate::buildkit::proto::moby::filesync::v1 as pb;
+use crate::context::{ContextFilter, Entry, EntryKind, walk};
+
+/// Read size for DATA packets (Go's `io.CopyBuffer` uses 32 KiB).
+const CHUNK: usize = 32 * 1024;
+/// Files sent at once.
+const FILE_WORKERS: usize = 4;
+
+/// Go `os.FileMode` bits.
+mod go_mode {
+    pub const DIR: u32 = 1 << 31;
+    pub const SYMLINK: u32 = 1 << 27;
+    pub const SETUID: u32 = 1 << 23;
+    pub const SETGID: u32 = 1 << 22;
+    pub const STICKY: u32 = 1 << 20;
+}
+
+/// The Go `FileMode` of an entry (not the Unix `st_mode`, whose type bits Go does not understand).
+pub(crate) fn go_file_mode(e: &Entry) -> u32 {
+    let mut m = e.mode & 0o777;
+    if e.mode & 0o4000 != 0 {
+        m |= go_mode::SETUID;
+    }
+    if e.mode & 0o2000 != 0 {
+        m |= go_mode::SETGID;
+    }
+    if e.mode & 0o1000 != 0 {
+        m |= go_mode::STICKY;
+    }
+    match e.kind {
+        EntryKind::Dir => m | go_mode::DIR,
+        EntryKind::Symlink(_) => m | go_mode::SYMLINK,
+        EntryKind::File => m,
+    }
+}
+
+fn stat_of(e: &Entry) -> Stat {
+    Stat {
+        path: e.path.clone(),
+        mode: go_file_mode(e),
+        // Like the Go client: owners are not sent (`resetUIDAndGID`).
+        uid: 0,
+        gid: 0,
+        size: i64::try_from(e.size).unwrap_or(i64::MAX),
+        mod_time: e.mtime_ns,
+        linkname: match &e.kind {
+            EntryKind::Symlink(t) => t.clone(),
+            _ => Vec::new(),
+        },
+        ..Stat::default()
+    }
+}
+
+fn packet(ty: PacketType) -> Packet {
+    Packet {
+        r#type: ty as i32,
+        ..Packet::default()
+    }
+}
+
+/// Serves DiffCopy for a fixed set of named directories.
+pub(crate) struct FileSyncService {
+    pub(crate) dirs: Arc<HashMap<String, PathBuf>>,
+}
+
+/// Values of a metadata key, URL-query-decoded when `<key>-encoded` is `1`.
+fn metadata_values(md: &MetadataMap, key: &str) -> Vec<String> {
+    let encoded = md.get(format!("{key}-encoded")).is_some_and(|v| v.as_bytes() == b"1");
+    md.get_all(key)
+        .iter()
+        .map(|v| {
+            let raw = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            if encoded { query_unescape(&raw) } else { raw }
+        })
+        .collect()
+}
+
+/// Go's `url.QueryUnescape`: `+` is a space, `%XX` a byte.
+fn query_unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tonic::async_trait]
+impl pb::file_sync_server::FileSync for FileSyncService {
+    type DiffCopyStream = ReceiverStream<Result<Packet, Status>>;
+    type TarStreamStream = ReceiverStream<Result<Packet, Status>>;
+
+    #[tracing::instrument(skip_all)]
+    async fn diff_copy(&self, req: Request<Streaming<Packet>>) -> Result<Response<Self::DiffCopyStream>, Status> {
+        let md = req.metadata();
+        let name = metadata_values(md, "dir-name").into_iter().next().unwrap_or_default();
+        let Some(root) = self.dirs.get(&name).cloned() else {
+            return Err(Status::not_found(format!("no access allowed to dir \"{name}\"")));
+        };
+        let mut include = metadata_values(md, "include-patterns");
+        let followpaths = metadata_values(md, "followpaths");
+        include.extend(follow_targets(&root, &followpaths));
+        let exclude = metadata_values(md, "exclude-patterns");
+        tracing::debug!(dir = %name, ?include, ?exclude, "DiffCopy");
+        let filter = ContextFilter::new(&include, &exclude).map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let walk_root = root.clone();
+        let (entries, _skipped) = tokio::task::spawn_blocking(move || walk(&walk_root, &filter))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("{e}")))?;
+
+        let mut files: HashMap<u32, PathBuf> = HashMap::new();
+        for (id, e) in entries.iter().enumerate() {
+            if e.kind == EntryKind::File {
+                files.insert(id as u32, e.abs_path(&root));
+            }
+        }
+        let (tx, rx) = mpsc::channel(128);
+        let inbound = req.into_inner();
+        // The transfer runs on its own task; it ends when the daemon finishes (FIN) or goes away, and the response
+        // stream ends with it.
+        tokio::spawn(transfer(entries, files, inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn tar_stream(&self, _: Request<Streaming<Packet>>) -> Result<Response<Self::TarStreamStream>, Status> {
+        Err(Status::unimplemented("only diffcopy is supported"))
+    }
+}
+
+/// Resolves `followpaths`: each path is included, and where it is a symlink inside the root, so is its target
+/// (that covers a Dockerfile that is a symlink).
+fn follow_targets(root: &std::path::Path, paths: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in paths {
+        out.push(p.clone());
+        if let Ok(target) = std::fs::read_link(root.join(p)) {
+            let target = target.to_string_lossy().into_owned();
+            let joined = if let Some(abs) = target.strip_prefix('/') {
+                abs.to_owned()
+            } else {
+                let parent = std::path::Path::new(p).parent().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default();
+                if parent.is_empty() { target } else { format!("{parent}/{target}") }
+            };
+            out.push(crate::context::pattern::clean(&joined));
+        }
+    }
+    out
+}
+
+async fn transfer(
+    entries: Vec<Entry>,
+    files: HashMap<u32, PathBuf>,
+    mut inbound: Streaming<Packet>,
+    tx: mpsc::Sender<Result<Packet, Status>>,
+) {
+    let stats = {
+        let tx = tx.clone();
+        async move {
+            for e in &entries {
+                let p = Packet {
+                    r#type: PacketType::PacketStat as i32,
+                    stat: Some(stat_of(e)),
+                    ..Packet::default()
+                };
+                if tx.send(Ok(p)).await.is_err() {
+                    return;
+                }
+            }
+            // End of list: a STAT with no stat at all (not an empty one).
+            let _ = tx.send(Ok(packet(PacketType::PacketStat))).await;
+        }
+    };
+    let requests = async {
+        let mut files = files;
+        let mut senders = tokio::task::JoinSet::new();
+        let limit = Arc::new(tokio::sync::Semaphore::new(FILE_WORKERS));
+        loop {
+            let p = match inbound.message().await {
+                Ok(Some(p)) => p,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!("DiffCopy receive failed: {e}");
+                    return;
+                }
+            };
+            match PacketType::try_from(p.r#type) {
+                Ok(PacketType::PacketReq) => {
+                    let Some(path) = files.remove(&p.id) else {
+                        let _ = tx.send(Err(Status::invalid_argument(format!("invalid file id {}", p.id)))).await;
+                        return;
+                    };
+                    let (tx, limit) = (tx.clone(), limit.clone());
+                    senders.spawn(async move {
+                        let _permit = limit.acquire_owned().await;
+                        send_file(p.id, path, tx).await;
+                    });
+                }
+                Ok(PacketType::PacketFin) => {
+                    while senders.join_next().await.is_some() {}
+                    let _ = tx.send(Ok(packet(PacketType::PacketFin))).await;
+                    return;
+                }
+                Ok(PacketType::PacketErr) => {
+                    let msg = String::from_utf8_lossy(&p.data).into_owned();
+                    let _ = tx.send(Err(Status::aborted(format!("error from receiver: {msg}")))).await;
+                    return;
+                }
+                _ => {
+                    let _ = tx.send(Err(Status::invalid_argument(format!("unexpected packet type {}", p.r#type)))).await;
+                    return;
+                }
+            }
+        }
+    };
+    tokio::join!(stats, requests);
+}
+
+async fn send_file(id: u32, path: PathBuf, tx: mpsc::Sender<Result<Packet, Status>>) {
+    let data = |bytes: Bytes| Packet {
+        r#type: PacketType::PacketData as i32,
+        id,
+        data: bytes,
+        ..Packet::default()
+    };
+    match tokio::fs::File::open(&path).await {
+        Ok(mut f) => loop {
+            let mut buf = vec![0u8; CHUNK];
+            match f.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.send(Ok(data(Bytes::from(buf)))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let err = Packet {
+                        r#type: PacketType::PacketErr as i32,
+                        data: Bytes::from(format!("read {}: {e}", path.display())),
+                        ..Packet::default()
+                    };
+                    let _ = tx.send(Ok(err)).await;
+                    let _ = tx.send(Err(Status::internal(format!("read {}: {e}", path.display())))).await;
+                    return;
+                }
+            }
+        },
+        // As in fsutil: a file that cannot be opened is sent empty.
+        Err(e) => tracing::warn!("cannot open {} for sending: {e}", path.display()),
+    }
+    // End of file: a DATA packet with empty data.
+    let _ = tx.send(Ok(data(Bytes::new()))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_modes() {
+        let e = |kind, mode| Entry {
+            path: b"x".to_vec(),
+            kind,
+            mode,
+            size: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            ino: 0,
+            dev: 0,
+        };
+        assert_eq!(go_file_mode(&e(EntryKind::File, 0o644)), 420);
+        assert_eq!(go_file_mode(&e(EntryKind::File, 0o755)), 493);
+        assert_eq!(go_file_mode(&e(EntryKind::Dir, 0o755)), 2147484141);
+        assert_eq!(go_file_mode(&e(EntryKind::Symlink(b"t".to_vec()), 0o777)), 134218239);
+        assert_eq!(go_file_mode(&e(EntryKind::File, 0o4755)), 8389101);
+    }
+
+    #[test]
+    fn unescape() {
+        assert_eq!(query_unescape("caf%C3%A9+x%2"), "café x%2");
+    }
+}
