@@ -93,7 +93,9 @@ impl DockerConfigKeychain {
 #[tonic::async_trait]
 impl Keychain for DockerConfigKeychain {
     async fn resolve(&self, host: &str) -> Result<Option<Credential>, AuthError> {
-        let Some(path) = &self.path else { return Ok(None) };
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
         let bytes = match tokio::fs::read(path).await {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -108,22 +110,30 @@ impl Keychain for DockerConfigKeychain {
             path: path.clone(),
             reason: reason.to_owned(),
         };
-        let config: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad("not valid JSON"))?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| bad("not valid JSON"))?;
         let Some(auths) = config.get("auths").and_then(|a| a.as_object()) else {
             return Ok(None);
         };
         // Keys may be bare hosts or URLs (`https://index.docker.io/v1/`).
         let entry = auths.iter().find(|(k, _)| {
-            let k = k.trim_start_matches("https://").trim_start_matches("http://");
+            let k = k
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
             k.split('/').next() == Some(host)
         });
-        let Some((_, entry)) = entry else { return Ok(None) };
+        let Some((_, entry)) = entry else {
+            return Ok(None);
+        };
         let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) else {
             return Ok(None);
         };
         let decoded = base64_decode(auth).ok_or_else(|| bad("an `auth` entry is not base64"))?;
-        let decoded = String::from_utf8(decoded).map_err(|_| bad("an `auth` entry is not UTF-8"))?;
-        let (user, secret) = decoded.split_once(':').ok_or_else(|| bad("an `auth` entry is not `user:password`"))?;
+        let decoded =
+            String::from_utf8(decoded).map_err(|_| bad("an `auth` entry is not UTF-8"))?;
+        let (user, secret) = decoded
+            .split_once(':')
+            .ok_or_else(|| bad("an `auth` entry is not `user:password`"))?;
         Ok(Some(Credential {
             username: user.to_owned(),
             secret: Secret::new(secret),

@@ -96,6 +96,7 @@ struct RegistryToml {
 #[serde(deny_unknown_fields)]
 struct BuildkitToml {
     addr: Option<String>,
+    network: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +196,8 @@ pub struct Workspace {
     pub registry: Option<Registry>,
     /// `[buildkit] addr`, if any.
     pub buildkit_addr: Option<String>,
+    /// `[buildkit] network` (`default`, `host` or `none`), if any.
+    pub buildkit_network: Option<String>,
     /// Services, dependencies before dependents, otherwise by name.
     pub services: Vec<Service>,
 }
@@ -252,7 +255,8 @@ impl Workspace {
         for (name, svc) in file.services {
             let span = name.span();
             let name = name.into_inner();
-            validate_service_name(&name).map_err(|m| at.err(span.clone(), format!("service `{name}`: {m}")))?;
+            validate_service_name(&name)
+                .map_err(|m| at.err(span.clone(), format!("service `{name}`: {m}")))?;
             let key = |k: &str| format!("`services.{name}.{k}`");
             let svc = svc.into_inner();
 
@@ -274,7 +278,12 @@ impl Workspace {
                     if !p.is_file() {
                         return Err(at.err(
                             d.span(),
-                            format!("{}: no file `{}`; fix the path (it is relative to {})", key("dockerfile"), d.get_ref(), root.display()),
+                            format!(
+                                "{}: no file `{}`; fix the path (it is relative to {})",
+                                key("dockerfile"),
+                                d.get_ref(),
+                                root.display()
+                            ),
                         ));
                     }
                     p
@@ -286,7 +295,9 @@ impl Workspace {
                             span,
                             format!(
                                 "service `{name}`: no Dockerfile at `{}`; add one or set {}",
-                                Path::new(svc.context.get_ref()).join("Dockerfile").display(),
+                                Path::new(svc.context.get_ref())
+                                    .join("Dockerfile")
+                                    .display(),
                                 key("dockerfile")
                             ),
                         ));
@@ -296,7 +307,8 @@ impl Workspace {
             };
             let image = match &svc.image {
                 Some(i) => {
-                    validate_repository(i.get_ref()).map_err(|m| at.err(i.span(), format!("{}: {m}", key("image"))))?;
+                    validate_repository(i.get_ref())
+                        .map_err(|m| at.err(i.span(), format!("{}: {m}", key("image"))))?;
                     i.get_ref().clone()
                 }
                 None => {
@@ -308,7 +320,8 @@ impl Workspace {
             };
             let mut tags = Vec::new();
             for t in svc.tags.unwrap_or_default() {
-                validate_tag(t.get_ref()).map_err(|m| at.err(t.span(), format!("{}: {m}", key("tags"))))?;
+                validate_tag(t.get_ref())
+                    .map_err(|m| at.err(t.span(), format!("{}: {m}", key("tags"))))?;
                 tags.push(t.into_inner());
             }
             if tags.is_empty() {
@@ -316,14 +329,16 @@ impl Workspace {
             }
             let cache_tag = match svc.cache_tag {
                 Some(t) => {
-                    validate_tag(t.get_ref()).map_err(|m| at.err(t.span(), format!("{}: {m}", key("cache_tag"))))?;
+                    validate_tag(t.get_ref())
+                        .map_err(|m| at.err(t.span(), format!("{}: {m}", key("cache_tag"))))?;
                     t.into_inner()
                 }
                 None => "cache".to_owned(),
             };
             let mut platforms = Vec::new();
             for p in svc.platforms {
-                validate_platform(p.get_ref()).map_err(|m| at.err(p.span(), format!("{}: {m}", key("platforms"))))?;
+                validate_platform(p.get_ref())
+                    .map_err(|m| at.err(p.span(), format!("{}: {m}", key("platforms"))))?;
                 platforms.push(p.into_inner());
             }
             let mut depends_on = Vec::new();
@@ -331,11 +346,19 @@ impl Workspace {
                 if !names.contains(d.get_ref()) {
                     return Err(at.err(
                         d.span(),
-                        format!("{}: unknown service `{}`; define [services.{}] or remove it", key("depends_on"), d.get_ref(), d.get_ref()),
+                        format!(
+                            "{}: unknown service `{}`; define [services.{}] or remove it",
+                            key("depends_on"),
+                            d.get_ref(),
+                            d.get_ref()
+                        ),
                     ));
                 }
                 if d.get_ref() == &name {
-                    return Err(at.err(d.span(), format!("{}: service `{name}` depends on itself", key("depends_on"))));
+                    return Err(at.err(
+                        d.span(),
+                        format!("{}: service `{name}` depends on itself", key("depends_on")),
+                    ));
                 }
                 depends_on.push(d.get_ref().clone());
             }
@@ -358,13 +381,34 @@ impl Workspace {
         }
 
         let services = topo_sort(services).map_err(|(cycle, span)| {
-            at.err(span, format!("dependency cycle: {}; remove one of these `depends_on` entries", cycle.join(" -> ")))
+            at.err(
+                span,
+                format!(
+                    "dependency cycle: {}; remove one of these `depends_on` entries",
+                    cycle.join(" -> ")
+                ),
+            )
         })?;
+        let (buildkit_addr, buildkit_network) = match file.buildkit {
+            None => (None, None),
+            Some(b) => {
+                if let Some(n) = &b.network
+                    && !["default", "host", "none"].contains(&n.get_ref().as_str())
+                {
+                    return Err(at.err(
+                        n.span(),
+                        format!("`buildkit.network`: unknown network `{}`; use \"default\", \"host\" or \"none\"", n.get_ref()),
+                    ));
+                }
+                (b.addr, b.network.map(Spanned::into_inner))
+            }
+        };
         Ok(Workspace {
             root: root.to_owned(),
             config_path: path.to_owned(),
             registry,
-            buildkit_addr: file.buildkit.and_then(|b| b.addr),
+            buildkit_addr,
+            buildkit_network,
             services,
         })
     }
@@ -397,7 +441,11 @@ impl Workspace {
                 todo.extend(s.depends_on.iter().map(String::as_str));
             }
         }
-        Ok(self.services.iter().filter(|s| wanted.contains(&s.name.as_str())).collect())
+        Ok(self
+            .services
+            .iter()
+            .filter(|s| wanted.contains(&s.name.as_str()))
+            .collect())
     }
 }
 
@@ -409,7 +457,11 @@ struct Locator<'a> {
 impl Locator<'_> {
     fn line(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }
 
     fn err(&self, span: std::ops::Range<usize>, message: String) -> ConfigError {
@@ -446,12 +498,18 @@ fn topo_sort(
         marks[i] = Mark::Active;
         path.push(i);
         for dep in &all[i].1 {
-            let j = all.iter().position(|(s, _)| &s.name == dep.get_ref()).expect("dependencies were checked");
+            let j = all
+                .iter()
+                .position(|(s, _)| &s.name == dep.get_ref())
+                .expect("dependencies were checked");
             match marks[j] {
                 Mark::Done => {}
                 Mark::Active => {
                     let start = path.iter().position(|&k| k == j).unwrap_or(0);
-                    let mut cycle: Vec<String> = path[start..].iter().map(|&k| all[k].0.name.clone()).collect();
+                    let mut cycle: Vec<String> = path[start..]
+                        .iter()
+                        .map(|&k| all[k].0.name.clone())
+                        .collect();
                     cycle.push(all[j].0.name.clone());
                     return Err((cycle, dep.span()));
                 }
@@ -477,7 +535,9 @@ fn topo_sort(
 fn validate_service_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
@@ -523,38 +583,52 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
     let ok = !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid tag `{tag}`: a tag is 1 to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"))
+        Err(format!(
+            "invalid tag `{tag}`: a tag is 1 to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"
+        ))
     }
 }
 
 fn validate_platform(p: &str) -> Result<(), String> {
     let parts: Vec<&str> = p.split('/').collect();
     let ok = (2..=3).contains(&parts.len())
-        && parts.iter().all(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'));
+        && parts
+            .iter()
+            .all(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'));
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid platform `{p}`: expected `os/arch` or `os/arch/variant`, e.g. `linux/amd64`"))
+        Err(format!(
+            "invalid platform `{p}`: expected `os/arch` or `os/arch/variant`, e.g. `linux/amd64`"
+        ))
     }
 }
 
 fn validate_registry_url(url: &str) -> Result<(), String> {
     if url.contains("://") {
-        return Err(format!("`{url}` has a scheme; write the host only (e.g. `127.0.0.1:5000`) and set `insecure = true` for http"));
+        return Err(format!(
+            "`{url}` has a scheme; write the host only (e.g. `127.0.0.1:5000`) and set `insecure = true` for http"
+        ));
     }
     let host = url.split('/').next().unwrap_or("");
     let ok = !host.is_empty()
-        && host.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']'));
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']'));
     if !ok {
-        return Err(format!("invalid registry `{url}`: expected `host[:port][/path]`"));
+        return Err(format!(
+            "invalid registry `{url}`: expected `host[:port][/path]`"
+        ));
     }
     let path = &url[host.len()..];
     if !path.is_empty() {
-        validate_repository(path.trim_start_matches('/')).map_err(|m| format!("registry path: {m}"))?;
+        validate_repository(path.trim_start_matches('/'))
+            .map_err(|m| format!("registry path: {m}"))?;
     }
     Ok(())
 }
@@ -586,7 +660,9 @@ mod tests {
     #[test]
     fn ecr_hosts() {
         assert!(is_ecr_host("123456789012.dkr.ecr.us-west-2.amazonaws.com"));
-        assert!(is_ecr_host("123456789012.dkr.ecr-fips.us-east-1.amazonaws.com"));
+        assert!(is_ecr_host(
+            "123456789012.dkr.ecr-fips.us-east-1.amazonaws.com"
+        ));
         assert!(!is_ecr_host("127.0.0.1:5000"));
         assert!(!is_ecr_host("dkr.ecr.us-west-2.amazonaws.com"));
     }

@@ -226,7 +226,11 @@ pub fn entry_digest(e: &Entry, content: Option<&Digest>) -> Digest {
 
 /// Content hashes of the regular files among `entries` (None for others), from the index where it is still valid,
 /// otherwise by reading the files, in parallel.
-fn hash_contents(root: &Path, entries: &[Entry], index: &Index) -> Result<Vec<Option<Digest>>, HashError> {
+fn hash_contents(
+    root: &Path,
+    entries: &[Entry],
+    index: &Index,
+) -> Result<Vec<Option<Digest>>, HashError> {
     entries
         .par_iter()
         .map(|e| {

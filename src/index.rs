@@ -81,10 +81,18 @@ impl Index {
                     let n = map.len();
                     (map, IndexStatus::Loaded(n))
                 }
-                None => (HashMap::new(), IndexStatus::Discarded(format!("{} is corrupt", file.display()))),
+                None => (
+                    HashMap::new(),
+                    IndexStatus::Discarded(format!("{} is corrupt", file.display())),
+                ),
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (HashMap::new(), IndexStatus::Absent),
-            Err(e) => (HashMap::new(), IndexStatus::Discarded(format!("cannot read {}: {e}", file.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (HashMap::new(), IndexStatus::Absent)
+            }
+            Err(e) => (
+                HashMap::new(),
+                IndexStatus::Discarded(format!("cannot read {}: {e}", file.display())),
+            ),
         };
         Index::with(Some(file), loaded, status)
     }
@@ -114,7 +122,10 @@ impl Index {
         if *rec != Record::of(e, rec.digest) {
             return None;
         }
-        self.hits.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_owned());
+        self.hits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_owned());
         Some(rec.digest)
     }
 

@@ -12,5 +12,6 @@ pub mod hash;
 pub mod index;
 pub mod plan;
 pub mod printer;
+pub mod progress;
 pub mod session;
 pub mod state;

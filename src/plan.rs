@@ -33,7 +33,11 @@ pub struct ServicePlan {
 }
 
 /// Decides against the local state only: skip when the last build recorded here had the same digest.
-pub fn plan_local(services: &[&Service], inputs: &[ServiceInputs], store: &StateStore) -> Vec<ServicePlan> {
+pub fn plan_local(
+    services: &[&Service],
+    inputs: &[ServiceInputs],
+    store: &StateStore,
+) -> Vec<ServicePlan> {
     services
         .iter()
         .zip(inputs)
@@ -41,7 +45,9 @@ pub fn plan_local(services: &[&Service], inputs: &[ServiceInputs], store: &State
             let now = ServiceState::of(inp);
             let (decision, reason, changes) = match store.load(&svc.name) {
                 None => (Decision::Build, "no previous state".to_owned(), None),
-                Some(old) if old.digest == inp.digest => (Decision::Skip, "inputs unchanged".to_owned(), None),
+                Some(old) if old.digest == inp.digest => {
+                    (Decision::Skip, "inputs unchanged".to_owned(), None)
+                }
                 Some(old) => {
                     let changes = Changes::between(&old, &now);
                     (Decision::Build, changes.to_string(), Some(changes))

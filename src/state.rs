@@ -77,7 +77,10 @@ impl StateStore {
         fs_err::create_dir_all(&self.dir)?;
         let file = self.file(service);
         let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
-        fs_err::write(&tmp, serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
+        fs_err::write(
+            &tmp,
+            serde_json::to_vec(state).map_err(std::io::Error::other)?,
+        )?;
         fs_err::rename(&tmp, &file)
     }
 }
@@ -98,9 +101,15 @@ pub struct Changes {
 impl Changes {
     /// Compares a recorded state with current inputs.
     pub fn between(old: &ServiceState, new: &ServiceState) -> Changes {
-        let old_entries: BTreeMap<&str, &Digest> = old.entries.iter().map(|(p, d)| (p.as_str(), d)).collect();
-        let new_entries: BTreeMap<&str, &Digest> = new.entries.iter().map(|(p, d)| (p.as_str(), d)).collect();
-        let paths: BTreeSet<&str> = old_entries.keys().chain(new_entries.keys()).copied().collect();
+        let old_entries: BTreeMap<&str, &Digest> =
+            old.entries.iter().map(|(p, d)| (p.as_str(), d)).collect();
+        let new_entries: BTreeMap<&str, &Digest> =
+            new.entries.iter().map(|(p, d)| (p.as_str(), d)).collect();
+        let paths: BTreeSet<&str> = old_entries
+            .keys()
+            .chain(new_entries.keys())
+            .copied()
+            .collect();
         let files = paths
             .into_iter()
             .filter(|p| old_entries.get(p) != new_entries.get(p))
@@ -132,7 +141,15 @@ impl fmt::Display for Changes {
         if !self.files.is_empty() {
             let n = self.files.len();
             let mut s = format!("{n} file{} changed: ", if n == 1 { "" } else { "s" });
-            s.push_str(&self.files.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "));
+            s.push_str(
+                &self
+                    .files
+                    .iter()
+                    .take(SHOWN)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
             if n > SHOWN {
                 s.push_str(&format!(" and {} more", n - SHOWN));
             }

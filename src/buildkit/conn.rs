@@ -34,7 +34,9 @@ pub enum Addr {
 #[derive(Debug, thiserror::Error)]
 pub enum AddrError {
     /// Not one of the supported schemes.
-    #[error("unsupported BuildKit address `{0}`: use unix:///path, tcp://host:port or docker://[/path/to/docker.sock]")]
+    #[error(
+        "unsupported BuildKit address `{0}`: use unix:///path, tcp://host:port or docker://[/path/to/docker.sock]"
+    )]
     Unsupported(String),
 }
 
@@ -48,12 +50,19 @@ impl FromStr for Addr {
             Ok(Addr::Unix(PathBuf::from(path)))
         } else if let Some(hostport) = s.strip_prefix("tcp://") {
             let hostport = hostport.trim_end_matches('/');
-            if hostport.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            if hostport
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
                 return Err(AddrError::Unsupported(s.to_owned()));
             }
             Ok(Addr::Tcp(hostport.to_owned()))
         } else if let Some(path) = s.strip_prefix("docker://") {
-            Ok(Addr::Docker(PathBuf::from(if path.is_empty() { DEFAULT_DOCKER_SOCK } else { path })))
+            Ok(Addr::Docker(PathBuf::from(if path.is_empty() {
+                DEFAULT_DOCKER_SOCK
+            } else {
+                path
+            })))
         } else {
             Err(AddrError::Unsupported(s.to_owned()))
         }
@@ -101,7 +110,10 @@ pub struct TlsOptions {
 
 impl TlsOptions {
     fn enabled(&self) -> bool {
-        self.ca_cert.is_some() || self.cert.is_some() || self.key.is_some() || self.server_name.is_some()
+        self.ca_cert.is_some()
+            || self.cert.is_some()
+            || self.key.is_some()
+            || self.server_name.is_some()
     }
 }
 
@@ -137,21 +149,32 @@ pub enum ConnectError {
 pub async fn connect(addr: &Addr, tls: &TlsOptions) -> Result<Channel, ConnectError> {
     let unreachable = |hint: String| {
         let addr = addr.to_string();
-        move |source: Box<dyn std::error::Error + Send + Sync>| ConnectError::Unreachable { addr, hint, source }
+        move |source: Box<dyn std::error::Error + Send + Sync>| ConnectError::Unreachable {
+            addr,
+            hint,
+            source,
+        }
     };
     if tls.enabled() && !matches!(addr, Addr::Tcp(_)) {
-        return Err(ConnectError::TlsConfig(format!("TLS options apply to tcp:// addresses only, not {addr}")));
+        return Err(ConnectError::TlsConfig(format!(
+            "TLS options apply to tcp:// addresses only, not {addr}"
+        )));
     }
     // The URI is only used for the `:authority` header on socket connectors; the daemon ignores it.
     match addr {
         Addr::Unix(path) => {
             let path = path.clone();
-            let hint = format!("check that buildkitd is running and listening on {}", path.display());
+            let hint = format!(
+                "check that buildkitd is running and listening on {}",
+                path.display()
+            );
             Endpoint::from_static("http://localhost")
                 .connect_timeout(CONNECT_TIMEOUT)
                 .connect_with_connector(tower::service_fn(move |_: Uri| {
                     let path = path.clone();
-                    async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
                 }))
                 .await
                 .map_err(|e| unreachable(hint)(Box::new(e)))
@@ -172,25 +195,34 @@ pub async fn connect(addr: &Addr, tls: &TlsOptions) -> Result<Channel, ConnectEr
                 .map_err(|e| unreachable(hint)(Box::new(e)))
         }
         Addr::Tcp(hostport) => {
-            let hint = format!("check that buildkitd listens on tcp://{hostport} and that the TLS settings match");
+            let hint = format!(
+                "check that buildkitd listens on tcp://{hostport} and that the TLS settings match"
+            );
             let scheme = if tls.enabled() { "https" } else { "http" };
             let mut endpoint = Endpoint::from_shared(format!("{scheme}://{hostport}"))
                 .map_err(|e| unreachable(hint.clone())(Box::new(e)))?
                 .connect_timeout(CONNECT_TIMEOUT);
             if tls.enabled() {
-                endpoint = endpoint.tls_config(tls_config(tls).await?).map_err(|e| unreachable(hint.clone())(Box::new(e)))?;
+                endpoint = endpoint
+                    .tls_config(tls_config(tls).await?)
+                    .map_err(|e| unreachable(hint.clone())(Box::new(e)))?;
             }
-            endpoint.connect().await.map_err(|e| unreachable(hint)(Box::new(e)))
+            endpoint
+                .connect()
+                .await
+                .map_err(|e| unreachable(hint)(Box::new(e)))
         }
     }
 }
 
 async fn tls_config(tls: &TlsOptions) -> Result<ClientTlsConfig, ConnectError> {
     async fn read(path: &Path) -> Result<Vec<u8>, ConnectError> {
-        fs_err::tokio::read(path).await.map_err(|source| ConnectError::Tls {
-            path: path.to_owned(),
-            source,
-        })
+        fs_err::tokio::read(path)
+            .await
+            .map_err(|source| ConnectError::Tls {
+                path: path.to_owned(),
+                source,
+            })
     }
     let mut config = ClientTlsConfig::new();
     if let Some(ca) = &tls.ca_cert {
@@ -203,7 +235,11 @@ async fn tls_config(tls: &TlsOptions) -> Result<ClientTlsConfig, ConnectError> {
             config = config.identity(Identity::from_pem(read(cert).await?, read(key).await?));
         }
         (None, None) => {}
-        _ => return Err(ConnectError::TlsConfig("--tlscert and --tlskey go together".to_owned())),
+        _ => {
+            return Err(ConnectError::TlsConfig(
+                "--tlscert and --tlskey go together".to_owned(),
+            ));
+        }
     }
     if let Some(name) = &tls.server_name {
         config = config.domain_name(name.clone());
@@ -219,13 +255,17 @@ async fn docker_grpc_upgrade(sock: &Path) -> std::io::Result<Prefixed<UnixStream
         .await?;
     let (status, rest) = read_http_head(&mut stream).await?;
     if !status.starts_with("HTTP/1.1 101") {
-        return Err(std::io::Error::other(format!("dockerd refused the BuildKit upgrade: {status}")));
+        return Err(std::io::Error::other(format!(
+            "dockerd refused the BuildKit upgrade: {status}"
+        )));
     }
     Ok(Prefixed::new(rest, stream))
 }
 
 /// Reads an HTTP/1.1 response head; returns its status line and the bytes read past the head.
-pub(crate) async fn read_http_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(String, Vec<u8>)> {
+pub(crate) async fn read_http_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<(String, Vec<u8>)> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
     loop {
@@ -239,7 +279,10 @@ pub(crate) async fn read_http_head<S: AsyncRead + Unpin>(stream: &mut S) -> std:
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed during HTTP upgrade"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed during HTTP upgrade",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -255,12 +298,20 @@ pub(crate) struct Prefixed<S> {
 
 impl<S> Prefixed<S> {
     pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
-        Prefixed { prefix, pos: 0, inner }
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         if self.pos < self.prefix.len() {
             let n = buf.remaining().min(self.prefix.len() - self.pos);
             let start = self.pos;
@@ -273,7 +324,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -290,10 +345,22 @@ mod tests {
 
     #[test]
     fn parses_addresses() {
-        assert_eq!("unix:///run/x.sock".parse::<Addr>().unwrap(), Addr::Unix("/run/x.sock".into()));
-        assert_eq!("tcp://10.0.0.1:1234".parse::<Addr>().unwrap(), Addr::Tcp("10.0.0.1:1234".into()));
-        assert_eq!("docker://".parse::<Addr>().unwrap(), Addr::Docker(DEFAULT_DOCKER_SOCK.into()));
-        assert_eq!("docker:///x/d.sock".parse::<Addr>().unwrap(), Addr::Docker("/x/d.sock".into()));
+        assert_eq!(
+            "unix:///run/x.sock".parse::<Addr>().unwrap(),
+            Addr::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            "tcp://10.0.0.1:1234".parse::<Addr>().unwrap(),
+            Addr::Tcp("10.0.0.1:1234".into())
+        );
+        assert_eq!(
+            "docker://".parse::<Addr>().unwrap(),
+            Addr::Docker(DEFAULT_DOCKER_SOCK.into())
+        );
+        assert_eq!(
+            "docker:///x/d.sock".parse::<Addr>().unwrap(),
+            Addr::Docker("/x/d.sock".into())
+        );
         for bad in ["http://x", "tcp://x", "tcp://:1", "unix://", "/run/x.sock"] {
             assert!(bad.parse::<Addr>().is_err(), "{bad}");
         }
@@ -302,7 +369,9 @@ mod tests {
     #[tokio::test]
     async fn upgrade_keeps_bytes_after_the_head() {
         let (mut a, b) = tokio::io::duplex(1024);
-        a.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\nPRI *").await.unwrap();
+        a.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\nPRI *")
+            .await
+            .unwrap();
         let mut b = b;
         let (status, rest) = read_http_head(&mut b).await.unwrap();
         assert_eq!(status, "HTTP/1.1 101 Switching Protocols");

@@ -101,7 +101,9 @@ pub struct SolveOutcome {
 impl SolveOutcome {
     /// The pushed image's manifest digest.
     pub fn image_digest(&self) -> Option<&str> {
-        self.exporter_response.get("containerimage.digest").map(String::as_str)
+        self.exporter_response
+            .get("containerimage.digest")
+            .map(String::as_str)
     }
 }
 
@@ -192,7 +194,11 @@ impl Client {
     pub async fn info(&self) -> Result<DaemonInfo, RpcError> {
         let mut c = self.control.clone();
         let version = match c.info(pb::InfoRequest {}).await {
-            Ok(r) => r.into_inner().buildkit_version.map(|v| v.version).filter(|v| !v.is_empty()),
+            Ok(r) => r
+                .into_inner()
+                .buildkit_version
+                .map(|v| v.version)
+                .filter(|v| !v.is_empty()),
             Err(s) if s.code() == tonic::Code::Unimplemented => None,
             Err(s) => return Err(RpcError::from_status("Info", s)),
         };
@@ -231,7 +237,11 @@ impl Client {
             .disk_usage(pb::DiskUsageRequest::default())
             .await
             .map_err(|s| RpcError::from_status("DiskUsage", s))?;
-        Ok(r.into_inner().record.into_iter().map(UsageRecord::from).collect())
+        Ok(r.into_inner()
+            .record
+            .into_iter()
+            .map(UsageRecord::from)
+            .collect())
     }
 
     /// Prunes the build cache; returns what was removed.
@@ -249,7 +259,11 @@ impl Client {
             .map_err(|s| RpcError::from_status("Prune", s))?
             .into_inner();
         let mut out = Vec::new();
-        while let Some(r) = stream.message().await.map_err(|s| RpcError::from_status("Prune", s))? {
+        while let Some(r) = stream
+            .message()
+            .await
+            .map_err(|s| RpcError::from_status("Prune", s))?
+        {
             out.push(r.into());
         }
         Ok(out)
@@ -261,8 +275,10 @@ impl Client {
         let outbound = ReceiverStream::new(out_rx).map(|data| pb::BytesMessage { data });
         let mut req = tonic::Request::new(outbound);
         for (k, v) in session.metadata() {
-            let value = AsciiMetadataValue::try_from(v.as_str()).map_err(|e| SessionError::Connection(Box::new(e)))?;
-            req.metadata_mut().append(AsciiMetadataKey::from_static(k), value);
+            let value = AsciiMetadataValue::try_from(v.as_str())
+                .map_err(|e| SessionError::Connection(Box::new(e)))?;
+            req.metadata_mut()
+                .append(AsciiMetadataKey::from_static(k), value);
         }
         let inbound = self
             .control
@@ -276,7 +292,10 @@ impl Client {
     }
 
     /// Follows the status of build `reference` until it ends.
-    pub async fn status(&self, reference: &str) -> Result<impl Stream<Item = Result<StatusUpdate, RpcError>> + use<>, RpcError> {
+    pub async fn status(
+        &self,
+        reference: &str,
+    ) -> Result<impl Stream<Item = Result<StatusUpdate, RpcError>> + use<>, RpcError> {
         let stream = self
             .control
             .clone()
@@ -286,11 +305,18 @@ impl Client {
             .await
             .map_err(|s| RpcError::from_status("Status", s))?
             .into_inner();
-        Ok(stream.map(|r| r.map(StatusUpdate::from).map_err(|s| RpcError::from_status("Status", s))))
+        Ok(stream.map(|r| {
+            r.map(StatusUpdate::from)
+                .map_err(|s| RpcError::from_status("Status", s))
+        }))
     }
 
     /// Solves `spec` in session `session_id`; returns when the build (and its push) finished.
-    pub async fn solve(&self, spec: &SolveSpec, session_id: &str) -> Result<SolveOutcome, RpcError> {
+    pub async fn solve(
+        &self,
+        spec: &SolveSpec,
+        session_id: &str,
+    ) -> Result<SolveOutcome, RpcError> {
         let req = solve_request(spec, session_id);
         let r = self
             .control
@@ -315,7 +341,8 @@ fn cache_json(entries: &[CacheEntry]) -> String {
 }
 
 fn solve_request(spec: &SolveSpec, session_id: &str) -> pb::SolveRequest {
-    let mut frontend_attrs: HashMap<String, String> = spec.frontend_attrs.clone().into_iter().collect();
+    let mut frontend_attrs: HashMap<String, String> =
+        spec.frontend_attrs.clone().into_iter().collect();
     // Frontend builds read cache imports from this attribute, not from Cache.Imports.
     if !spec.cache_imports.is_empty() {
         frontend_attrs.insert("cache-imports".to_owned(), cache_json(&spec.cache_imports));
@@ -377,7 +404,10 @@ mod tests {
         assert_eq!(r.exporters.len(), 1);
         assert_eq!(r.exporter_deprecated, "image");
         assert_eq!(r.exporter_attrs_deprecated["name"], "x:latest");
-        assert_eq!(r.frontend_attrs["cache-imports"], r#"[{"Attrs":{"ref":"x:cache"},"Type":"registry"}]"#);
+        assert_eq!(
+            r.frontend_attrs["cache-imports"],
+            r#"[{"Attrs":{"ref":"x:cache"},"Type":"registry"}]"#
+        );
         assert_eq!(r.cache.unwrap().imports.len(), 1);
     }
 }

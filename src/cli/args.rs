@@ -53,6 +53,97 @@ pub enum Command {
     Hash(HashArgs),
     /// Show what a build would do for each service, and why.
     Plan(PlanArgs),
+    /// Build services with BuildKit and push their images.
+    Build(BuildArgs),
+    /// Check that BuildKit is reachable and show what it can do.
+    Doctor(DaemonArgs),
+    /// Show BuildKit's cache disk usage.
+    Du(DaemonArgs),
+    /// Remove BuildKit cache records.
+    Prune(PruneArgs),
+}
+
+/// Where BuildKit is and how to reach it.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// BuildKit address: unix:///path, tcp://host:port or docker://[/path/to/docker.sock]
+    /// [default: `[buildkit] addr` in the config, else unix:///run/buildkit/buildkitd.sock, else the rootless socket].
+    #[arg(long, env = "BUILDKIT_HOST", value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// CA certificate for tcp:// with TLS.
+    #[arg(long, value_name = "PATH")]
+    pub tlscacert: Option<PathBuf>,
+    /// Client certificate for mTLS.
+    #[arg(long, value_name = "PATH", requires = "tlskey")]
+    pub tlscert: Option<PathBuf>,
+    /// Client key for mTLS.
+    #[arg(long, value_name = "PATH", requires = "tlscert")]
+    pub tlskey: Option<PathBuf>,
+    /// Server name to verify in the daemon's certificate.
+    #[arg(long, value_name = "NAME")]
+    pub tlsservername: Option<String>,
+}
+
+/// `buildopt prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The daemon.
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Keep this much cache (e.g. 10GB, 512MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub keep_storage: Option<String>,
+    /// Remove all records, not only unused internal ones.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `--cache-to` / `--cache-from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    /// The registry cache under each service's `cache_tag`.
+    Registry,
+    /// No cache.
+    None,
+}
+
+/// RUN steps' network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkMode {
+    /// The daemon's default (a sandbox network).
+    Default,
+    /// The host's network (needs the `network.host` entitlement).
+    Host,
+    /// No network.
+    None,
+}
+
+/// `buildopt build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Services to build [default: all]; their dependencies are included.
+    pub services: Vec<String>,
+    /// The daemon.
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Push images to the registry.
+    #[arg(long, overrides_with = "no_push")]
+    pub push: bool,
+    /// Do not push (the image stays in the daemon's store).
+    #[arg(long, overrides_with = "push")]
+    pub no_push: bool,
+    /// Export the build cache.
+    #[arg(long, value_enum, default_value_t = CacheMode::None)]
+    pub cache_to: CacheMode,
+    /// Import the build cache.
+    #[arg(long, value_enum, default_value_t = CacheMode::Registry)]
+    pub cache_from: CacheMode,
+    /// Network for RUN steps [default: `[buildkit] network` in the config, else the daemon's default].
+    #[arg(long, value_enum)]
+    pub network: Option<NetworkMode>,
+    /// Services built at once.
+    #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
 }
 
 /// `buildopt hash`.

@@ -1,5 +1,7 @@
 //! One function per command; the only layer that uses `anyhow`, along with `cli`.
 
+mod build;
+mod daemon;
 mod hash;
 mod plan;
 
@@ -55,25 +57,80 @@ pub fn status_of(err: &anyhow::Error) -> ExitStatus {
             )
             || matches!(
                 c.downcast_ref::<crate::hash::HashError>(),
-                Some(crate::hash::HashError::Context(crate::context::ContextError::IgnoreSyntax { .. }))
+                Some(crate::hash::HashError::Context(
+                    crate::context::ContextError::IgnoreSyntax { .. }
+                ))
             )
     });
-    if usage { ExitStatus::Error } else { ExitStatus::Failure }
+    if usage {
+        ExitStatus::Error
+    } else {
+        ExitStatus::Failure
+    }
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
-    let ws = load_workspace(cli.global.config.as_ref())?;
-    match cli.command {
-        Command::Hash(args) => hash::run(&ws, &args, printer),
-        Command::Plan(args) => plan::run(&ws, &args, printer),
+    let config = cli.global.config.as_ref();
+    match &cli.command {
+        Command::Hash(args) => hash::run(&load_workspace(config)?, args, printer),
+        Command::Plan(args) => plan::run(&load_workspace(config)?, args, printer),
+        Command::Build(args) => {
+            build::run(&load_workspace(config)?, args, printer, cli.global.progress)
+        }
+        // The daemon commands work without a config; one is used for `[buildkit] addr` when present.
+        Command::Doctor(args) => daemon_runtime(daemon::doctor(
+            args,
+            optional_workspace(config)?.as_ref(),
+            printer,
+        )),
+        Command::Du(args) => daemon_runtime(daemon::du(
+            args,
+            optional_workspace(config)?.as_ref(),
+            printer,
+        )),
+        Command::Prune(args) => daemon_runtime(daemon::prune(
+            args,
+            optional_workspace(config)?.as_ref(),
+            printer,
+        )),
+    }
+}
+
+fn daemon_runtime(
+    fut: impl Future<Output = anyhow::Result<ExitStatus>>,
+) -> anyhow::Result<ExitStatus> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(fut);
+    runtime.shutdown_background();
+    result
+}
+
+/// The workspace when one is given or found; none (not an error) when there is no config at all.
+fn optional_workspace(config: Option<&PathBuf>) -> anyhow::Result<Option<Workspace>> {
+    match load_workspace(config) {
+        Ok(ws) => Ok(Some(ws)),
+        Err(e)
+            if config.is_none()
+                && matches!(
+                    e.downcast_ref::<ConfigError>(),
+                    Some(ConfigError::NotFound(_))
+                ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
 fn load_workspace(config: Option<&PathBuf>) -> anyhow::Result<Workspace> {
     Ok(match config {
         Some(path) => Workspace::load(path)?,
-        None => Workspace::discover(&std::env::current_dir().context("reading the current directory")?)?,
+        None => {
+            Workspace::discover(&std::env::current_dir().context("reading the current directory")?)?
+        }
     })
 }
 
@@ -91,7 +148,11 @@ fn select<'a>(ws: &'a Workspace, names: &[String]) -> anyhow::Result<Vec<&'a Ser
 }
 
 /// Hashes `services` (dependencies first) with the workspace's content index, saving the index afterwards.
-fn hash_all(ws: &Workspace, services: &[&Service], printer: Printer) -> anyhow::Result<Vec<ServiceInputs>> {
+fn hash_all(
+    ws: &Workspace,
+    services: &[&Service],
+    printer: Printer,
+) -> anyhow::Result<Vec<ServiceInputs>> {
     let index = Index::open(&ws.root.join(CACHE_DIR));
     if let IndexStatus::Discarded(why) = index.status() {
         tracing::warn!("rebuilding the local hash index: {why}");
@@ -99,7 +160,8 @@ fn hash_all(ws: &Workspace, services: &[&Service], printer: Printer) -> anyhow::
     let mut digests: BTreeMap<String, Digest> = BTreeMap::new();
     let mut out = Vec::new();
     for svc in services {
-        let inputs = hash_service(svc, &digests, &index).with_context(|| format!("hashing service `{}`", svc.name))?;
+        let inputs = hash_service(svc, &digests, &index)
+            .with_context(|| format!("hashing service `{}`", svc.name))?;
         warn_skipped(printer, &svc.name, &inputs);
         digests.insert(svc.name.clone(), inputs.digest);
         out.push(inputs);

@@ -27,7 +27,13 @@ pub(super) fn run(ws: &Workspace, args: &PlanArgs, printer: Printer) -> anyhow::
             Decision::Build => "build",
             Decision::Skip => "skip",
         };
-        writeln!(out, "{:width$}  {}  {verb}: {}", p.service, p.digest.short(), p.reason)?;
+        writeln!(
+            out,
+            "{:width$}  {}  {verb}: {}",
+            p.service,
+            p.digest.short(),
+            p.reason
+        )?;
     }
     Ok(ExitStatus::Success)
 }

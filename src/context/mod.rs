@@ -73,7 +73,10 @@ impl ContextFilter {
         let include = compile("include", include)?;
         let exclude = compile("exclude", exclude)?;
         // A directory may only be pruned when every relevant pattern is a plain path (fsutil's `patternChars`).
-        let plain = |p: &pattern::Pattern| !p.without_trailing_glob().contains(['*', '[', ']', '?', '^', '\\']);
+        let plain = |p: &pattern::Pattern| {
+            !p.without_trailing_glob()
+                .contains(['*', '[', ']', '?', '^', '\\'])
+        };
         let only_prefix_includes = include
             .as_ref()
             .is_none_or(|m| m.patterns().iter().filter(|p| !p.is_exclusion()).all(plain));
@@ -212,6 +215,9 @@ mod tests {
             "ctx/.dockerignore:2: invalid pattern `[broken`: syntax error in pattern `[broken`; fix or remove that line"
         );
         let err = parse_ignore_file(Path::new("d"), b"!\n").unwrap_err();
-        assert!(err.to_string().starts_with("d:1: invalid pattern `!`"), "{err}");
+        assert!(
+            err.to_string().starts_with("d:1: invalid pattern `!`"),
+            "{err}"
+        );
     }
 }

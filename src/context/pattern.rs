@@ -59,8 +59,7 @@ impl Pattern {
             Kind::Exact => path == self.cleaned.as_bytes(),
             Kind::Prefix(prefix) => path.starts_with(prefix),
             Kind::Suffix(suffix) => {
-                path.ends_with(suffix)
-                    || (suffix.first() == Some(&b'/') && path == &suffix[1..])
+                path.ends_with(suffix) || (suffix.first() == Some(&b'/') && path == &suffix[1..])
             }
             Kind::Regex(re) => re.is_match(path),
         }
@@ -394,9 +393,18 @@ mod tests {
     fn parents_and_exceptions() {
         assert!(m(&["node_modules"], "node_modules/x/y.js"));
         assert!(!m(&["foo"], "a/foo"));
-        assert!(m(&["*.md", "!README*.md", "README-secret.md"], "README-secret.md"));
-        assert!(!m(&["*.md", "!README*.md", "README-secret.md"], "README.md"));
-        assert!(m(&["*.md", "!README*.md", "README-secret.md"], "CHANGES.md"));
+        assert!(m(
+            &["*.md", "!README*.md", "README-secret.md"],
+            "README-secret.md"
+        ));
+        assert!(!m(
+            &["*.md", "!README*.md", "README-secret.md"],
+            "README.md"
+        ));
+        assert!(m(
+            &["*.md", "!README*.md", "README-secret.md"],
+            "CHANGES.md"
+        ));
     }
 
     #[test]
@@ -408,9 +416,18 @@ mod tests {
         assert!(m(&["[ab]x"], "bx"));
         assert!(m(&["[^ab]x"], "cx"));
         assert!(m(&["(x)+{y}$"], "(x)+{y}$"));
-        assert!(matches!(PatternMatcher::new(["[ab"]), Err(PatternError::Syntax { .. })));
-        assert!(matches!(PatternMatcher::new(["a\\"]), Err(PatternError::Syntax { .. })));
-        assert!(matches!(PatternMatcher::new(["!"]), Err(PatternError::LoneExclamation)));
+        assert!(matches!(
+            PatternMatcher::new(["[ab"]),
+            Err(PatternError::Syntax { .. })
+        ));
+        assert!(matches!(
+            PatternMatcher::new(["a\\"]),
+            Err(PatternError::Syntax { .. })
+        ));
+        assert!(matches!(
+            PatternMatcher::new(["!"]),
+            Err(PatternError::LoneExclamation)
+        ));
     }
 
     #[test]

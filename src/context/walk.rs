@@ -85,7 +85,10 @@ struct Walker<'a> {
 }
 
 /// Walks `root` through `filter`, returning the kept entries in send order and the special files left out.
-pub fn walk(root: &Path, filter: &ContextFilter) -> Result<(Vec<Entry>, Vec<Skipped>), ContextError> {
+pub fn walk(
+    root: &Path,
+    filter: &ContextFilter,
+) -> Result<(Vec<Entry>, Vec<Skipped>), ContextError> {
     let mut w = Walker {
         filter,
         stack: Vec::new(),
@@ -105,7 +108,9 @@ impl Walker<'_> {
         let read = match fs_err::read_dir(abs) {
             Ok(read) => read,
             // fsutil tolerates a permission error on a directory it only walks for `!` exceptions.
-            Err(e) if only_walked && e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(()),
+            Err(e) if only_walked && e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Ok(());
+            }
             Err(e) => return Err(io(e)),
         };
         let mut names = Vec::new();
@@ -225,7 +230,15 @@ impl Walker<'_> {
                 include: include_info,
                 exclude: exclude_info,
             });
-            let result = self.dir(abs, &self.stack.last().map(|d| d.entry.path.clone()).unwrap_or_default(), skip);
+            let result = self.dir(
+                abs,
+                &self
+                    .stack
+                    .last()
+                    .map(|d| d.entry.path.clone())
+                    .unwrap_or_default(),
+                skip,
+            );
             self.stack.pop();
             result?;
         }

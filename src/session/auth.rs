@@ -16,7 +16,10 @@ pub(crate) struct AuthService {
 #[tonic::async_trait]
 impl pb::auth_server::Auth for AuthService {
     #[tracing::instrument(skip_all, fields(host = %req.get_ref().host))]
-    async fn credentials(&self, req: Request<pb::CredentialsRequest>) -> Result<Response<pb::CredentialsResponse>, Status> {
+    async fn credentials(
+        &self,
+        req: Request<pb::CredentialsRequest>,
+    ) -> Result<Response<pb::CredentialsResponse>, Status> {
         let host = &req.get_ref().host;
         match self.keychain.resolve(host).await {
             Ok(Some(cred)) => {
@@ -32,7 +35,10 @@ impl pb::auth_server::Auth for AuthService {
         }
     }
 
-    async fn fetch_token(&self, _: Request<pb::FetchTokenRequest>) -> Result<Response<pb::FetchTokenResponse>, Status> {
+    async fn fetch_token(
+        &self,
+        _: Request<pb::FetchTokenRequest>,
+    ) -> Result<Response<pb::FetchTokenResponse>, Status> {
         Err(Status::unimplemented("token authority not supported"))
     }
 

@@ -81,7 +81,9 @@ pub(crate) struct FileSyncService {
 
 /// Values of a metadata key, URL-query-decoded when `<key>-encoded` is `1`.
 fn metadata_values(md: &MetadataMap, key: &str) -> Vec<String> {
-    let encoded = md.get(format!("{key}-encoded")).is_some_and(|v| v.as_bytes() == b"1");
+    let encoded = md
+        .get(format!("{key}-encoded"))
+        .is_some_and(|v| v.as_bytes() == b"1");
     md.get_all(key)
         .iter()
         .map(|v| {
@@ -122,18 +124,27 @@ impl pb::file_sync_server::FileSync for FileSyncService {
     type TarStreamStream = ReceiverStream<Result<Packet, Status>>;
 
     #[tracing::instrument(skip_all)]
-    async fn diff_copy(&self, req: Request<Streaming<Packet>>) -> Result<Response<Self::DiffCopyStream>, Status> {
+    async fn diff_copy(
+        &self,
+        req: Request<Streaming<Packet>>,
+    ) -> Result<Response<Self::DiffCopyStream>, Status> {
         let md = req.metadata();
-        let name = metadata_values(md, "dir-name").into_iter().next().unwrap_or_default();
+        let name = metadata_values(md, "dir-name")
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         let Some(root) = self.dirs.get(&name).cloned() else {
-            return Err(Status::not_found(format!("no access allowed to dir \"{name}\"")));
+            return Err(Status::not_found(format!(
+                "no access allowed to dir \"{name}\""
+            )));
         };
         let mut include = metadata_values(md, "include-patterns");
         let followpaths = metadata_values(md, "followpaths");
         include.extend(follow_targets(&root, &followpaths));
         let exclude = metadata_values(md, "exclude-patterns");
         tracing::debug!(dir = %name, ?include, ?exclude, "DiffCopy");
-        let filter = ContextFilter::new(&include, &exclude).map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let filter = ContextFilter::new(&include, &exclude)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let walk_root = root.clone();
         let (entries, _skipped) = tokio::task::spawn_blocking(move || walk(&walk_root, &filter))
             .await
@@ -154,7 +165,10 @@ impl pb::file_sync_server::FileSync for FileSyncService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn tar_stream(&self, _: Request<Streaming<Packet>>) -> Result<Response<Self::TarStreamStream>, Status> {
+    async fn tar_stream(
+        &self,
+        _: Request<Streaming<Packet>>,
+    ) -> Result<Response<Self::TarStreamStream>, Status> {
         Err(Status::unimplemented("only diffcopy is supported"))
     }
 }
@@ -170,8 +184,15 @@ fn follow_targets(root: &std::path::Path, paths: &[String]) -> Vec<String> {
             let joined = if let Some(abs) = target.strip_prefix('/') {
                 abs.to_owned()
             } else {
-                let parent = std::path::Path::new(p).parent().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default();
-                if parent.is_empty() { target } else { format!("{parent}/{target}") }
+                let parent = std::path::Path::new(p)
+                    .parent()
+                    .map(|d| d.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if parent.is_empty() {
+                    target
+                } else {
+                    format!("{parent}/{target}")
+                }
             };
             out.push(crate::context::pattern::clean(&joined));
         }
@@ -218,7 +239,12 @@ async fn transfer(
             match PacketType::try_from(p.r#type) {
                 Ok(PacketType::PacketReq) => {
                     let Some(path) = files.remove(&p.id) else {
-                        let _ = tx.send(Err(Status::invalid_argument(format!("invalid file id {}", p.id)))).await;
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(format!(
+                                "invalid file id {}",
+                                p.id
+                            ))))
+                            .await;
                         return;
                     };
                     let (tx, limit) = (tx.clone(), limit.clone());
@@ -234,11 +260,18 @@ async fn transfer(
                 }
                 Ok(PacketType::PacketErr) => {
                     let msg = String::from_utf8_lossy(&p.data).into_owned();
-                    let _ = tx.send(Err(Status::aborted(format!("error from receiver: {msg}")))).await;
+                    let _ = tx
+                        .send(Err(Status::aborted(format!("error from receiver: {msg}"))))
+                        .await;
                     return;
                 }
                 _ => {
-                    let _ = tx.send(Err(Status::invalid_argument(format!("unexpected packet type {}", p.r#type)))).await;
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(format!(
+                            "unexpected packet type {}",
+                            p.r#type
+                        ))))
+                        .await;
                     return;
                 }
             }
@@ -272,7 +305,12 @@ async fn send_file(id: u32, path: PathBuf, tx: mpsc::Sender<Result<Packet, Statu
                         ..Packet::default()
                     };
                     let _ = tx.send(Ok(err)).await;
-                    let _ = tx.send(Err(Status::internal(format!("read {}: {e}", path.display())))).await;
+                    let _ = tx
+                        .send(Err(Status::internal(format!(
+                            "read {}: {e}",
+                            path.display()
+                        ))))
+                        .await;
                     return;
                 }
             }
@@ -303,7 +341,10 @@ mod tests {
         assert_eq!(go_file_mode(&e(EntryKind::File, 0o644)), 420);
         assert_eq!(go_file_mode(&e(EntryKind::File, 0o755)), 493);
         assert_eq!(go_file_mode(&e(EntryKind::Dir, 0o755)), 2147484141);
-        assert_eq!(go_file_mode(&e(EntryKind::Symlink(b"t".to_vec()), 0o777)), 134218239);
+        assert_eq!(
+            go_file_mode(&e(EntryKind::Symlink(b"t".to_vec()), 0o777)),
+            134218239
+        );
         assert_eq!(go_file_mode(&e(EntryKind::File, 0o4755)), 8389101);
     }
 

@@ -55,14 +55,21 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("id", &self.id).field("dirs", &self.dirs).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("dirs", &self.dirs)
+            .finish_non_exhaustive()
     }
 }
 
 impl Session {
     /// A new session serving `dirs` (local name -> directory). `shared_key` should be stable per machine and
     /// context so the daemon can reuse earlier transfers.
-    pub fn new(dirs: HashMap<String, PathBuf>, keychain: Arc<dyn Keychain>, shared_key: String) -> Session {
+    pub fn new(
+        dirs: HashMap<String, PathBuf>,
+        keychain: Arc<dyn Keychain>,
+        shared_key: String,
+    ) -> Session {
         Session {
             id: new_id(),
             shared_key,
@@ -93,18 +100,23 @@ impl Session {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let routes = tonic::service::Routes::new(
-            health::health_server::HealthServer::new(HealthService).max_decoding_message_size(MAX_MESSAGE),
+            health::health_server::HealthServer::new(HealthService)
+                .max_decoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            proto::moby::filesync::v1::file_sync_server::FileSyncServer::new(filesync::FileSyncService {
-                dirs: self.dirs.clone(),
-            })
+            proto::moby::filesync::v1::file_sync_server::FileSyncServer::new(
+                filesync::FileSyncService {
+                    dirs: self.dirs.clone(),
+                },
+            )
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
         )
-        .add_service(proto::moby::filesync::v1::auth_server::AuthServer::new(auth::AuthService {
-            keychain: self.keychain.clone(),
-        }));
+        .add_service(proto::moby::filesync::v1::auth_server::AuthServer::new(
+            auth::AuthService {
+                keychain: self.keychain.clone(),
+            },
+        ));
         let service = TowerToHyperService::new(routes);
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .max_concurrent_streams(None)
@@ -116,7 +128,8 @@ impl Session {
 
 /// Every method of every service we serve, as `/<package>.<Service>/<Method>`, from the compiled descriptors.
 pub(crate) fn served_methods() -> Vec<String> {
-    let set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).expect("build.rs writes a valid descriptor set");
+    let set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET)
+        .expect("build.rs writes a valid descriptor set");
     let mut out = Vec::new();
     for file in &set.file {
         for svc in &file.service {
@@ -135,7 +148,9 @@ pub(crate) fn new_id() -> String {
     let mut h = blake3::Hasher::new();
     h.update(&std::process::id().to_le_bytes());
     h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     h.update(&now.as_nanos().to_le_bytes());
     if let Ok(seed) = std::fs::read("/proc/sys/kernel/random/uuid") {
         h.update(&seed);
@@ -165,7 +180,10 @@ impl health::health_server::Health for HealthService {
 
     type WatchStream = tokio_stream::Empty<Result<health::HealthCheckResponse, Status>>;
 
-    async fn watch(&self, _: Request<health::HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        _: Request<health::HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         Err(Status::unimplemented("watch is not served"))
     }
 }
@@ -190,7 +208,10 @@ mod tests {
     fn ids_are_base36_and_unique() {
         let (a, b) = (new_id(), new_id());
         assert_eq!(a.len(), 25);
-        assert!(a.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
         assert_ne!(a, b);
     }
 }

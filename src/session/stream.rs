@@ -37,7 +37,11 @@ where
     S: Stream<Item = Result<Vec<u8>, E>> + Unpin,
     E: std::fmt::Display,
 {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         loop {
             if self.pos < self.pending.len() {
                 let n = buf.remaining().min(self.pending.len() - self.pos);
@@ -52,7 +56,10 @@ where
                     self.pos = 0;
                 }
                 Some(Err(e)) => {
-                    return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, e.to_string())));
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        e.to_string(),
+                    )));
                 }
                 // End of stream: EOF.
                 None => return Poll::Ready(Ok(())),
@@ -62,11 +69,18 @@ where
 }
 
 impl<S: Unpin> AsyncWrite for Pipe<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let broken = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "session stream closed");
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let broken =
+            || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "session stream closed");
         ready!(self.outbound.poll_reserve(cx)).map_err(|_| broken())?;
         let n = buf.len().min(MAX_CHUNK);
-        self.outbound.send_item(buf[..n].to_vec()).map_err(|_| broken())?;
+        self.outbound
+            .send_item(buf[..n].to_vec())
+            .map_err(|_| broken())?;
         Poll::Ready(Ok(n))
     }
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -85,7 +99,8 @@ mod tests {
 
     #[tokio::test]
     async fn chunks_become_a_byte_stream_and_back() {
-        let inbound = futures::stream::iter(vec![Ok::<_, String>(b"hel".to_vec()), Ok(b"lo".to_vec())]);
+        let inbound =
+            futures::stream::iter(vec![Ok::<_, String>(b"hel".to_vec()), Ok(b"lo".to_vec())]);
         let (tx, mut rx) = mpsc::channel(4);
         let mut pipe = Pipe::new(inbound, tx);
         let mut s = String::new();
