@@ -215,3 +215,241 @@ mod tests {
         assert_ne!(a, b);
     }
 }
+
+/// The session served over an in-memory pipe, with this test playing the daemon (an HTTP/2 gRPC client).
+#[cfg(test)]
+mod pipe_tests {
+    use std::sync::Mutex;
+
+    use prost::bytes::Bytes;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::transport::{Channel, Endpoint, Uri};
+
+    use super::*;
+    use crate::auth::{Credential, Secret, StaticKeychain};
+    use crate::buildkit::proto::fsutil::types::{Packet, packet::PacketType};
+    use crate::buildkit::proto::moby::filesync::v1::{
+        CredentialsRequest, GetTokenAuthorityRequest, auth_client::AuthClient,
+        file_sync_client::FileSyncClient,
+    };
+
+    async fn connect(
+        session: Session,
+    ) -> (Channel, tokio::task::JoinHandle<Result<(), SessionError>>) {
+        let (daemon_side, client_side) = tokio::io::duplex(64 * 1024);
+        let serve = tokio::spawn(session.serve(client_side));
+        let slot = Mutex::new(Some(daemon_side));
+        let channel = Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let io = slot.lock().unwrap().take();
+                async move {
+                    io.map(TokioIo::new)
+                        .ok_or_else(|| std::io::Error::other("only one connection"))
+                }
+            }))
+            .await
+            .unwrap();
+        (channel, serve)
+    }
+
+    fn session(dir: &std::path::Path) -> Session {
+        let creds = StaticKeychain(HashMap::from([(
+            "registry.test".to_owned(),
+            Credential {
+                username: "AWS".to_owned(),
+                secret: Secret::new("pw"),
+            },
+        )]));
+        Session::new(
+            HashMap::from([(LOCAL_CONTEXT.to_owned(), dir.to_owned())]),
+            Arc::new(creds),
+            "key".to_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn diffcopy_sends_the_selection_and_requested_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/sub")).unwrap();
+        std::fs::create_dir_all(root.join("node_modules/keep")).unwrap();
+        std::fs::write(root.join("a/sub/big.bin"), vec![7u8; 100_000]).unwrap();
+        std::fs::write(root.join("a-b"), "x").unwrap();
+        std::fs::write(root.join("node_modules/drop.js"), "").unwrap();
+        std::fs::write(root.join("node_modules/keep/k.js"), "k").unwrap();
+        std::os::unix::fs::symlink("a-b", root.join("link")).unwrap();
+        let (channel, _serve) = connect(session(root)).await;
+
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        req.metadata_mut()
+            .insert("dir-name", "context".parse().unwrap());
+        req.metadata_mut()
+            .append("exclude-patterns", "node_modules".parse().unwrap());
+        req.metadata_mut()
+            .append("exclude-patterns", "!node_modules/keep".parse().unwrap());
+        let mut stream = FileSyncClient::new(channel)
+            .diff_copy(req)
+            .await
+            .unwrap()
+            .into_inner();
+
+        let mut stats = Vec::new();
+        loop {
+            let p = stream.message().await.unwrap().unwrap();
+            assert_eq!(p.r#type, PacketType::PacketStat as i32);
+            match p.stat {
+                Some(s) => stats.push(s),
+                None => break,
+            }
+        }
+        let listed: Vec<(String, u32, String)> = stats
+            .iter()
+            .map(|s| {
+                (
+                    String::from_utf8_lossy(&s.path).into_owned(),
+                    s.mode,
+                    String::from_utf8_lossy(&s.linkname).into_owned(),
+                )
+            })
+            .collect();
+        let dir_mode = (1 << 31) | 0o755;
+        assert_eq!(
+            listed.iter().map(|(p, ..)| p.as_str()).collect::<Vec<_>>(),
+            [
+                "a",
+                "a/sub",
+                "a/sub/big.bin",
+                "a-b",
+                "link",
+                "node_modules",
+                "node_modules/keep",
+                "node_modules/keep/k.js"
+            ]
+        );
+        assert_eq!(listed[0].1, dir_mode);
+        assert_eq!(listed[4].1 & (1 << 27), 1 << 27, "symlink bit");
+        assert_eq!(listed[4].2, "a-b");
+        assert!(stats.iter().all(|s| s.uid == 0 && s.gid == 0));
+
+        // Ask for two files by their index in the STAT sequence (IDs count every entry).
+        for id in [2u32, 7] {
+            tx.send(Packet {
+                r#type: PacketType::PacketReq as i32,
+                id,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let mut data: HashMap<u32, Vec<u8>> = HashMap::new();
+        let mut done = 0;
+        while done < 2 {
+            let p = stream.message().await.unwrap().unwrap();
+            assert_eq!(p.r#type, PacketType::PacketData as i32);
+            assert!(p.data.len() <= 32 * 1024);
+            if p.data.is_empty() {
+                done += 1;
+            } else {
+                data.entry(p.id).or_default().extend_from_slice(&p.data);
+            }
+        }
+        assert_eq!(data[&2].len(), 100_000);
+        assert_eq!(data[&7], b"k");
+        tx.send(Packet {
+            r#type: PacketType::PacketFin as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let fin = stream.message().await.unwrap().unwrap();
+        assert_eq!(fin.r#type, PacketType::PacketFin as i32);
+        drop(tx);
+        assert!(
+            stream.message().await.unwrap().is_none(),
+            "the call ends OK after FIN"
+        );
+
+        // An unknown ID is refused.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (channel, _serve) = connect(session(root)).await;
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        req.metadata_mut()
+            .insert("dir-name", "context".parse().unwrap());
+        let mut stream = FileSyncClient::new(channel)
+            .diff_copy(req)
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(Packet {
+            r#type: PacketType::PacketReq as i32,
+            id: 999,
+            data: Bytes::new(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let err = loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("expected an error"),
+                Err(e) => break e,
+            }
+        };
+        assert!(err.message().contains("invalid file id 999"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unknown_dir_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (channel, _serve) = connect(session(dir.path())).await;
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Packet>(1);
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        req.metadata_mut()
+            .insert("dir-name", "secrets".parse().unwrap());
+        let err = FileSyncClient::new(channel)
+            .diff_copy(req)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert_eq!(err.message(), "no access allowed to dir \"secrets\"");
+    }
+
+    #[tokio::test]
+    async fn auth_serves_credentials_and_no_token_authority() {
+        let dir = tempfile::tempdir().unwrap();
+        let (channel, _serve) = connect(session(dir.path())).await;
+        let mut auth = AuthClient::new(channel);
+        let known = auth
+            .credentials(CredentialsRequest {
+                host: "registry.test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (known.username.as_str(), known.secret.as_str()),
+            ("AWS", "pw")
+        );
+        let unknown = auth
+            .credentials(CredentialsRequest {
+                host: "other".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(unknown.username.is_empty() && unknown.secret.is_empty());
+        let err = auth
+            .get_token_authority(GetTokenAuthorityRequest {
+                host: "registry.test".into(),
+                salt: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::Unimplemented,
+            "the daemon falls back to Credentials only on UNIMPLEMENTED"
+        );
+    }
+}

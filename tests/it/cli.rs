@@ -9,9 +9,12 @@ use crate::common::Tree;
 
 /// Runs `buildopt hash` on a workspace with this config and returns (exit code, stderr with the temp dir masked).
 fn config_error(toml: &str) -> (i32, String) {
-    let t = Tree::new().file("buildopt.toml", toml).file("app/Dockerfile", "FROM scratch\n");
+    let t = Tree::new()
+        .file("buildopt.toml", toml)
+        .file("app/Dockerfile", "FROM scratch\n");
     let out = t.cmd().arg("hash").output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).replace(&t.path().display().to_string(), "[TEMP]");
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&t.path().display().to_string(), "[TEMP]");
     (out.status.code().unwrap(), stderr)
 }
 
@@ -19,7 +22,10 @@ fn config_error(toml: &str) -> (i32, String) {
 fn unknown_key() {
     let (code, err) = config_error("[services.app]\ncontext = \"app\"\ncontxt = \"x\"\n");
     assert_eq!(code, 2);
-    assert!(err.starts_with("error: [TEMP]/buildopt.toml:3: unknown field `contxt`"), "{err}");
+    assert!(
+        err.starts_with("error: [TEMP]/buildopt.toml:3: unknown field `contxt`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -65,7 +71,10 @@ fn bad_dockerignore_line_is_exit_2_with_its_line() {
     let out = t.cmd().arg("hash").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("app/.dockerignore:3: invalid pattern `[oops`"), "{err}");
+    assert!(
+        err.contains("app/.dockerignore:3: invalid pattern `[oops`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -84,7 +93,12 @@ fn unknown_service_and_missing_config() {
 #[test]
 fn config_is_found_from_a_subdirectory() {
     let t = Tree::new().app().dir("app/deep/er");
-    let out = t.cmd().current_dir(t.join("app/deep/er")).arg("hash").output().unwrap();
+    let out = t
+        .cmd()
+        .current_dir(t.join("app/deep/er"))
+        .arg("hash")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("app "));
 }

@@ -103,7 +103,10 @@ fn wildcard_exception_walks_excluded_dirs() {
 fn last_match_wins() {
     let t = Tree::new()
         .app()
-        .file("app/.dockerignore", "*.log\n!important.log\nimportant.log\n!debug.log\n")
+        .file(
+            "app/.dockerignore",
+            "*.log\n!important.log\nimportant.log\n!debug.log\n",
+        )
         .file("app/important.log", "")
         .file("app/debug.log", "")
         .file("app/other.log", "");
@@ -241,9 +244,14 @@ fn byte_order_puts_dir_children_before_later_siblings() {
 #[test]
 fn unreadable_file_is_a_clear_error() {
     use std::os::unix::fs::PermissionsExt;
-    let t = Tree::new().app().file("app/secret.txt", "x").mode("app/secret.txt", 0o000);
+    let t = Tree::new()
+        .app()
+        .file("app/secret.txt", "x")
+        .mode("app/secret.txt", 0o000);
     // Root reads anything, so drop to `nobody` for this run when we are root.
-    let is_root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
     let out = if is_root {
         for dir in [t.path().to_owned(), t.join("app")] {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -261,5 +269,8 @@ fn unreadable_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("error: hashing service `app`"), "{stderr}");
-    assert!(stderr.contains("secret.txt; fix its permissions or add it to .dockerignore"), "{stderr}");
+    assert!(
+        stderr.contains("secret.txt; fix its permissions or add it to .dockerignore"),
+        "{stderr}"
+    );
 }

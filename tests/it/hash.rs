@@ -48,22 +48,57 @@ fn every_input_changes_the_digest() {
         t.digest("app")
     };
     let cases: Vec<(&str, String)> = vec![
-        ("one byte", changed(&|t| std::fs::write(t.join("app/src/lib.rs"), "pub fn g() {}\n").unwrap())),
-        ("exec bit", changed(&|t| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(t.join("app/src/main.rs"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        })),
-        ("rename", changed(&|t| std::fs::rename(t.join("app/src/lib.rs"), t.join("app/src/lib2.rs")).unwrap())),
-        ("new empty dir", changed(&|t| std::fs::create_dir(t.join("app/empty2")).unwrap())),
-        ("link target", changed(&|t| {
-            std::fs::remove_file(t.join("app/current")).unwrap();
-            std::os::unix::fs::symlink("src/main.rs", t.join("app/current")).unwrap();
-        })),
-        ("dockerfile", changed(&|t| std::fs::write(t.join("app/Dockerfile"), "FROM scratch\nCOPY src /\n").unwrap())),
-        ("build arg", changed(&|t| append(t, "build_args = { MODE = \"release\" }\n"))),
+        (
+            "one byte",
+            changed(&|t| std::fs::write(t.join("app/src/lib.rs"), "pub fn g() {}\n").unwrap()),
+        ),
+        (
+            "exec bit",
+            changed(&|t| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(
+                    t.join("app/src/main.rs"),
+                    std::fs::Permissions::from_mode(0o755),
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "rename",
+            changed(&|t| {
+                std::fs::rename(t.join("app/src/lib.rs"), t.join("app/src/lib2.rs")).unwrap()
+            }),
+        ),
+        (
+            "new empty dir",
+            changed(&|t| std::fs::create_dir(t.join("app/empty2")).unwrap()),
+        ),
+        (
+            "link target",
+            changed(&|t| {
+                std::fs::remove_file(t.join("app/current")).unwrap();
+                std::os::unix::fs::symlink("src/main.rs", t.join("app/current")).unwrap();
+            }),
+        ),
+        (
+            "dockerfile",
+            changed(&|t| {
+                std::fs::write(t.join("app/Dockerfile"), "FROM scratch\nCOPY src /\n").unwrap()
+            }),
+        ),
+        (
+            "build arg",
+            changed(&|t| append(t, "build_args = { MODE = \"release\" }\n")),
+        ),
         ("target", changed(&|t| append(t, "target = \"runtime\"\n"))),
-        ("platform", changed(&|t| append(t, "platforms = [\"linux/arm64\"]\n"))),
-        ("label", changed(&|t| append(t, "labels = { team = \"x\" }\n"))),
+        (
+            "platform",
+            changed(&|t| append(t, "platforms = [\"linux/arm64\"]\n")),
+        ),
+        (
+            "label",
+            changed(&|t| append(t, "labels = { team = \"x\" }\n")),
+        ),
     ];
     for (what, digest) in &cases {
         assert_ne!(&base, digest, "{what} did not change the digest");
@@ -116,10 +151,22 @@ fn index_makes_no_difference_even_when_corrupt_or_stale() {
     let content = std::fs::read(t.join("app/src/lib.rs")).unwrap();
     let mut changed = content.clone();
     changed[0] = b'q';
-    let mtime = std::fs::metadata(t.join("app/src/lib.rs")).unwrap().modified().unwrap();
+    let mtime = std::fs::metadata(t.join("app/src/lib.rs"))
+        .unwrap()
+        .modified()
+        .unwrap();
     std::fs::write(t.join("app/src/lib.rs"), &changed).unwrap();
-    std::fs::File::options().write(true).open(t.join("app/src/lib.rs")).unwrap().set_modified(mtime).unwrap();
-    assert_ne!(cold, t.digest("app"), "a rewrite under the same size and mtime went unnoticed");
+    std::fs::File::options()
+        .write(true)
+        .open(t.join("app/src/lib.rs"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_ne!(
+        cold,
+        t.digest("app"),
+        "a rewrite under the same size and mtime went unnoticed"
+    );
     std::fs::write(t.join("app/src/lib.rs"), &content).unwrap();
     assert_eq!(cold, t.digest("app"));
 

@@ -3,9 +3,11 @@
 /// Shared helpers: temporary workspaces and running the binary.
 mod common;
 
+/// Real builds through the real BuildKit into the real registry.
+mod buildkit;
+/// CLI behaviour: config errors, exit codes, `plan`.
+mod cli;
 /// Context selection: Docker's `.dockerignore` semantics, golden entry lists.
 mod context;
 /// Input digest stability and sensitivity, and the local index.
 mod hash;
-/// CLI behaviour: config errors, exit codes, `plan`.
-mod cli;

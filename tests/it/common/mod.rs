@@ -78,21 +78,35 @@ impl Tree {
     /// `buildopt` run in this workspace.
     pub fn cmd(&self) -> Command {
         let mut cmd = Command::cargo_bin("buildopt").unwrap();
-        cmd.current_dir(self.path()).env_remove("BUILDOPT_CONFIG").env_remove("BUILDOPT_LOG");
+        cmd.current_dir(self.path())
+            .env_remove("BUILDOPT_CONFIG")
+            .env_remove("BUILDOPT_LOG");
         cmd
     }
 
     /// `buildopt hash --list SERVICE`, one entry per line (lossy UTF-8).
     pub fn list(&self, service: &str) -> String {
-        let out = self.cmd().args(["hash", "--list", service]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .cmd()
+            .args(["hash", "--list", service])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The digest `buildopt hash SERVICE` prints.
     pub fn digest(&self, service: &str) -> String {
         let out = self.cmd().args(["hash", service]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         let (name, digest) = text.trim().split_once(' ').unwrap();
         assert_eq!(name, service);
@@ -126,4 +140,158 @@ pub fn copy_tree(from: &Path, to: &Path) {
 /// Raw bytes of a path, for non-UTF-8 names.
 pub fn bytes(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
+}
+
+/// The real services `hack/services start` runs, from the environment or its env file.
+pub struct Services {
+    pub buildkit_addr: String,
+    pub registry: String,
+    pub base_image: String,
+    pub docker_sock: String,
+}
+
+impl Services {
+    /// Reads the service addresses; fails (never skips) when they are not set up.
+    pub fn get() -> Services {
+        let file = std::fs::read_to_string("/run/buildopt-test/env").unwrap_or_default();
+        let var = |k: &str| {
+            std::env::var(k).ok().or_else(|| {
+                file.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_owned))
+            })
+            .unwrap_or_else(|| panic!("{k} is not set: run `hack/services start` (hack/test does) to start the real BuildKit and registry"))
+        };
+        Services {
+            buildkit_addr: var("BUILDOPT_TEST_BUILDKIT_ADDR"),
+            registry: var("BUILDOPT_TEST_REGISTRY"),
+            base_image: var("BUILDOPT_TEST_BASE_IMAGE"),
+            docker_sock: var("BUILDOPT_TEST_DOCKER_SOCK"),
+        }
+    }
+
+    /// GET on the registry API (`/v2/...`); returns (HTTP status, headers, body).
+    pub fn registry_get(&self, path: &str, accept: &str) -> (u16, String, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let headers = dir.path().join("headers");
+        let body = dir.path().join("body");
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-L", "-o"])
+            .arg(&body)
+            .arg("-D")
+            .arg(&headers)
+            .args(["-w", "%{http_code}", "-H"])
+            .arg(format!("Accept: {accept}"))
+            .arg(format!("http://{}{path}", self.registry))
+            .output()
+            .expect("curl runs");
+        let code = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        (
+            code,
+            std::fs::read_to_string(&headers).unwrap_or_default(),
+            std::fs::read(&body).unwrap_or_default(),
+        )
+    }
+
+    /// The manifest of `repo:reference` as JSON, or None on 404.
+    pub fn manifest(&self, repo: &str, reference: &str) -> Option<serde_json::Value> {
+        let accept = "application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json,application/vnd.docker.distribution.manifest.list.v2+json";
+        let (code, _, body) =
+            self.registry_get(&format!("/v2/{repo}/manifests/{reference}"), accept);
+        match code {
+            200 => Some(serde_json::from_slice(&body).unwrap()),
+            404 => None,
+            other => panic!("registry answered {other} for {repo}:{reference}"),
+        }
+    }
+
+    /// `tar -tv` of a gzip layer blob: one line per entry, `mode path[ -> target]`, sorted by path.
+    pub fn layer_listing(&self, repo: &str, digest: &str) -> Vec<String> {
+        let (code, _, body) = self.registry_get(&format!("/v2/{repo}/blobs/{digest}"), "*/*");
+        assert_eq!(code, 200, "blob {digest}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("layer.tgz");
+        std::fs::write(&file, body).unwrap();
+        let out = std::process::Command::new("tar")
+            .arg("-tvzf")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                // perms owner size date time path...
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                format!("{} {}", cols[0], cols[5..].join(" "))
+            })
+            .collect();
+        lines.sort_by(|a, b| {
+            a.split_once(' ')
+                .unwrap()
+                .1
+                .cmp(b.split_once(' ').unwrap().1)
+        });
+        lines
+    }
+}
+
+/// A repository name no other test uses.
+pub fn unique_repo(test: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "it/{test}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+    .replace('_', "-")
+}
+
+/// Serialises tests that change the daemon's cache (prune) against the builds of other tests.
+pub fn daemon_lock() -> &'static std::sync::RwLock<()> {
+    static LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+    &LOCK
+}
+
+impl Tree {
+    /// A workspace whose one service `app` builds `dockerfile` from context `app/` into a fresh repository.
+    pub fn buildable(repo: &str, dockerfile: &str) -> Tree {
+        let s = Services::get();
+        Tree::new()
+            .file(
+                "buildopt.toml",
+                format!(
+                    "[registry]\nurl = \"{}\"\ninsecure = true\n\n[buildkit]\naddr = \"{}\"\nnetwork = \"host\"\n\n[services.app]\ncontext = \"app\"\nimage = \"{repo}\"\nbuild_args = {{ BASE_IMAGE = \"{}\" }}\n",
+                    s.registry, s.buildkit_addr, s.base_image
+                ),
+            )
+            .file("app/Dockerfile", dockerfile)
+    }
+
+    /// `buildopt build` with plain progress; returns (exit code, stdout, stderr).
+    pub fn build(&self, args: &[&str]) -> (i32, String, String) {
+        let _shared = daemon_lock().read().unwrap_or_else(|p| p.into_inner());
+        let out = self
+            .cmd()
+            .args(["--progress", "plain", "build"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
 }
