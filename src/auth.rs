@@ -44,6 +44,9 @@ pub struct Credential {
 /// Why credentials could not be found.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// ECR did not hand out a token.
+    #[error("cannot get an ECR authorization token: {0}")]
+    Ecr(String),
     /// The docker config could not be read or parsed.
     #[error("cannot use docker config {}: {reason}", path.display())]
     DockerConfig {

@@ -90,6 +90,8 @@ struct RegistryToml {
     ecr: EcrMode,
     #[serde(default)]
     create_repositories: bool,
+    ecr_endpoint: Option<String>,
+    ecr_region: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +131,10 @@ pub struct Registry {
     pub ecr: EcrMode,
     /// Create missing repositories (ECR).
     pub create_repositories: bool,
+    /// ECR API endpoint override (emulators, tests).
+    pub ecr_endpoint: Option<String>,
+    /// ECR region when it cannot be read from the host.
+    pub ecr_region: Option<String>,
 }
 
 impl Registry {
@@ -246,6 +252,8 @@ impl Workspace {
                     insecure: r.insecure,
                     ecr: r.ecr,
                     create_repositories: r.create_repositories,
+                    ecr_endpoint: r.ecr_endpoint,
+                    ecr_region: r.ecr_region,
                 })
             }
         };

@@ -13,5 +13,6 @@ pub mod index;
 pub mod plan;
 pub mod printer;
 pub mod progress;
+pub mod registry;
 pub mod session;
 pub mod state;

@@ -144,6 +144,18 @@ pub struct BuildArgs {
     /// Services built at once.
     #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
+    /// Build even when an image for the same inputs exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Show the plan and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write per-service results as JSON to PATH (keys like buildx's metadata file where they overlap).
+    #[arg(long, value_name = "PATH")]
+    pub metadata_file: Option<PathBuf>,
+    /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS's].
+    #[arg(long, value_name = "URL")]
+    pub ecr_endpoint: Option<String>,
 }
 
 /// `buildopt hash`.
@@ -164,4 +176,13 @@ pub struct PlanArgs {
     /// Machine-readable output on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Decide from the local state only, without asking the registry.
+    #[arg(long)]
+    pub local: bool,
+    /// Whether the registry cache must exist too for a skip (as with `build --cache-to registry`).
+    #[arg(long, value_enum, default_value_t = CacheMode::None)]
+    pub cache_to: CacheMode,
+    /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS's].
+    #[arg(long, value_name = "URL")]
+    pub ecr_endpoint: Option<String>,
 }

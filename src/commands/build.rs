@@ -1,5 +1,6 @@
-//! `buildopt build`: hash, then build services through BuildKit in dependency order (independent ones in
-//! parallel), push, and report. A failing service fails itself and its dependents; the others finish.
+//! `buildopt build`: hash, ask the registry which inputs already have an image, point requested tags at those, and
+//! build the rest through BuildKit in dependency order (independent ones in parallel). A build pushes only its
+//! content tag; requested tags move only after it succeeded, so a failed or cancelled build never moves `latest`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -10,19 +11,23 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::task::JoinSet;
 
-use super::{CACHE_DIR, ExitStatus, UsageError, hash_all, select};
-use crate::auth::{DockerConfigKeychain, Keychain, MultiKeychain};
+use super::{CACHE_DIR, ExitStatus, UsageError, hash_all, registry_setup, select};
+use crate::auth::Keychain;
 use crate::buildkit::{CacheEntry, Client, ExporterSpec, SolveSpec};
 use crate::cli::args::{BuildArgs, CacheMode, NetworkMode, ProgressMode};
 use crate::config::{Registry, Service, Workspace};
 use crate::hash::{Digest, ServiceInputs};
+use crate::plan::{Decision, ServicePlan, decide, lookup_remote, short_image};
 use crate::printer::Printer;
 use crate::progress::{Progress, ServiceProgress};
+use crate::registry::{RegistryClient, RegistryError, content_tag};
 use crate::session::{LOCAL_CONTEXT, LOCAL_DOCKERFILE, Session, new_id};
 use crate::state::{ServiceState, StateStore};
 
 /// How long the status stream may keep draining after the solve returned.
 const STATUS_DRAIN: Duration = Duration::from_secs(5);
+/// Registry lookups at once.
+const LOOKUPS: usize = 8;
 
 /// Options that are the same for every service of a run.
 struct RunOptions {
@@ -32,14 +37,30 @@ struct RunOptions {
     cache_from: CacheMode,
     network: NetworkMode,
     keychain: Arc<dyn Keychain>,
+    client: RegistryClient,
 }
 
 /// How one service ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Outcome {
-    Built { digest: String, elapsed: Duration },
-    Failed { error: String },
-    DependencyFailed { dependency: String },
+    Built {
+        image: String,
+        promoted: Vec<String>,
+        elapsed: Duration,
+        cache_hits: (usize, usize),
+    },
+    Skipped {
+        image: String,
+        promoted: Vec<String>,
+        elapsed: Duration,
+    },
+    Failed {
+        error: String,
+        elapsed: Duration,
+    },
+    DependencyFailed {
+        dependency: String,
+    },
 }
 
 pub(super) fn run(
@@ -55,6 +76,7 @@ pub(super) fn run(
         ))
         .into());
     };
+    let started = Instant::now();
     let services: Vec<Service> = select(ws, &args.services)?.into_iter().cloned().collect();
     let refs: Vec<&Service> = services.iter().collect();
     let inputs = hash_all(ws, &refs, printer)?;
@@ -65,67 +87,143 @@ pub(super) fn run(
             Some("none") => NetworkMode::None,
             _ => NetworkMode::Default,
         });
-    let opts = Arc::new(RunOptions {
-        registry,
-        push: !args.no_push,
-        cache_to: args.cache_to,
-        cache_from: args.cache_from,
-        network,
-        keychain: Arc::new(MultiKeychain(vec![Box::new(
-            DockerConfigKeychain::from_env(),
-        )])),
-    });
+    let push = !args.no_push;
+    let store = StateStore::new(&ws.root.join(CACHE_DIR));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
-        let client = super::daemon::connect(&args.daemon, Some(ws)).await?;
+        let (keychain, client) = registry_setup(
+            &registry,
+            args.ecr_endpoint.as_deref(),
+            &refs,
+            push,
+            printer,
+        )
+        .await?;
+        let opts = Arc::new(RunOptions {
+            registry: registry.clone(),
+            push,
+            cache_to: args.cache_to,
+            cache_from: args.cache_from,
+            network,
+            keychain,
+            client,
+        });
+        let check_cache = push && args.cache_to == CacheMode::Registry;
+        let lookups = futures::stream::iter(services.iter().zip(&inputs))
+            .map(|(svc, inp)| lookup_remote(&opts.client, svc, &inp.digest, check_cache))
+            .buffered(LOOKUPS)
+            .collect::<Vec<_>>()
+            .await;
+        let mut plans = Vec::new();
+        for ((svc, inp), remote) in services.iter().zip(&inputs).zip(lookups) {
+            let remote = remote?;
+            plans.push(decide(svc, inp, Some(&remote), &store, args.force));
+        }
+        report_plan(printer, &plans)?;
+        if args.dry_run {
+            return Ok::<_, anyhow::Error>(Some((plans, HashMap::new())));
+        }
         let progress = Progress::new(progress, printer);
+        let daemon = &args.daemon;
+        let work = run_plan(
+            daemon,
+            ws,
+            &services,
+            &inputs,
+            &plans,
+            &opts,
+            &progress,
+            usize::from(args.jobs),
+        );
         tokio::select! {
-            outcomes = schedule(&client, &services, &inputs, &opts, &progress, usize::from(args.jobs)) => Ok(Some(outcomes)),
-            _ = tokio::signal::ctrl_c() => Ok::<_, anyhow::Error>(None),
+            outcomes = work => Ok(Some((plans, outcomes?))),
+            _ = tokio::signal::ctrl_c() => Ok(None),
         }
     });
     // Pending pushes or RPCs must not hold the exit (the daemon cancels a build whose Solve call is gone).
     runtime.shutdown_background();
-    let Some(outcomes) = result? else {
+    let Some((plans, outcomes)) = result? else {
         writeln!(
             printer.errors(),
-            "error: interrupted; builds in progress were cancelled and no tag was pushed after that"
+            "error: interrupted: builds in progress were cancelled; no tag was moved for them"
         )?;
         return Ok(ExitStatus::Failure);
     };
+    if args.dry_run {
+        return Ok(ExitStatus::Success);
+    }
 
-    let store = StateStore::new(&ws.root.join(CACHE_DIR));
+    let mut failed = false;
     let mut out = printer.stderr();
     let width = services.iter().map(|s| s.name.len()).max().unwrap_or(0);
-    let mut failed = false;
-    for (svc, inp) in services.iter().zip(&inputs) {
-        match &outcomes[&svc.name] {
-            Outcome::Built { digest, elapsed } => {
-                if let Err(e) = store.save(&svc.name, &ServiceState::of(inp)) {
-                    tracing::warn!("could not record the local state of `{}`: {e}", svc.name);
+    let mut metadata = serde_json::Map::new();
+    for ((svc, inp), plan) in services.iter().zip(&inputs).zip(&plans) {
+        let outcome = &outcomes[&svc.name];
+        if matches!(outcome, Outcome::Built { .. } | Outcome::Skipped { .. })
+            && let Err(e) = store.save(&svc.name, &ServiceState::of(inp))
+        {
+            tracing::warn!("could not record the local state of `{}`: {e}", svc.name);
+        }
+        let line = match outcome {
+            Outcome::Built {
+                image,
+                elapsed,
+                promoted,
+                ..
+            } => format!(
+                "built     {:width$}  {}  {:.1}s{}",
+                svc.name,
+                short_image(image),
+                elapsed.as_secs_f64(),
+                if promoted.is_empty() {
+                    String::new()
+                } else {
+                    format!("  ({})", promoted.join(", "))
                 }
-                writeln!(
-                    out,
-                    "built   {:width$}  {digest}  {:.1}s",
+            ),
+            Outcome::Skipped {
+                image,
+                promoted,
+                elapsed,
+            } if !promoted.is_empty() => format!(
+                "promoted  {:width$}  {}  {:.1}s  ({} -> image for inputs {})",
+                svc.name,
+                short_image(image),
+                elapsed.as_secs_f64(),
+                promoted.join(", "),
+                inp.digest.short()
+            ),
+            Outcome::Skipped { image, elapsed, .. } => {
+                format!(
+                    "skipped   {:width$}  {}  {:.1}s  (unchanged)",
                     svc.name,
+                    short_image(image),
                     elapsed.as_secs_f64()
-                )?;
+                )
             }
-            Outcome::Failed { error } => {
+            Outcome::Failed { error, .. } => {
                 failed = true;
-                writeln!(out, "failed  {:width$}  {error}", svc.name)?;
+                format!("failed    {:width$}  {error}", svc.name)
             }
             Outcome::DependencyFailed { dependency } => {
                 failed = true;
-                writeln!(
-                    out,
-                    "skipped {:width$}  dependency `{dependency}` failed",
+                format!(
+                    "failed    {:width$}  dependency `{dependency}` failed",
                     svc.name
-                )?;
+                )
             }
-        }
+        };
+        writeln!(out, "{line}")?;
+        metadata.insert(
+            svc.name.clone(),
+            service_metadata(svc, inp, plan, outcome, &registry, push),
+        );
+    }
+    writeln!(out, "total     {:.1}s", started.elapsed().as_secs_f64())?;
+    if let Some(path) = &args.metadata_file {
+        write_metadata(path, &serde_json::Value::Object(metadata))?;
     }
     Ok(if failed {
         ExitStatus::Failure
@@ -134,18 +232,180 @@ pub(super) fn run(
     })
 }
 
-/// Runs the builds: a service starts once all its dependencies are built, at most `jobs` at a time.
+fn report_plan(printer: Printer, plans: &[ServicePlan]) -> std::io::Result<()> {
+    let mut out = printer.stderr();
+    let width = plans.iter().map(|p| p.service.len()).max().unwrap_or(0);
+    for p in plans {
+        let verb = match p.decision {
+            Decision::Build => "build",
+            Decision::Skip => "skip ",
+        };
+        writeln!(out, "{verb} {:width$}  {}", p.service, p.reason)?;
+    }
+    Ok(())
+}
+
+fn service_metadata(
+    svc: &Service,
+    inp: &ServiceInputs,
+    plan: &ServicePlan,
+    outcome: &Outcome,
+    registry: &Registry,
+    push: bool,
+) -> serde_json::Value {
+    let names: Vec<String> = svc
+        .tags
+        .iter()
+        .map(|t| format!("{}/{}:{t}", registry.url, svc.image))
+        .collect();
+    let (decision, image, elapsed, error, ratio) = match outcome {
+        Outcome::Built {
+            image,
+            elapsed,
+            cache_hits,
+            ..
+        } => {
+            let ratio = (cache_hits.1 > 0).then(|| cache_hits.0 as f64 / cache_hits.1 as f64);
+            ("built", Some(image), Some(elapsed), None, ratio)
+        }
+        Outcome::Skipped {
+            image,
+            promoted,
+            elapsed,
+        } => (
+            if promoted.is_empty() {
+                "skipped"
+            } else {
+                "promoted"
+            },
+            Some(image),
+            Some(elapsed),
+            None,
+            None,
+        ),
+        Outcome::Failed { error, elapsed } => {
+            ("failed", None, Some(elapsed), Some(error.clone()), None)
+        }
+        Outcome::DependencyFailed { dependency } => (
+            "failed",
+            None,
+            None,
+            Some(format!("dependency `{dependency}` failed")),
+            None,
+        ),
+    };
+    serde_json::json!({
+        "containerimage.digest": image,
+        "image.name": names.join(","),
+        "buildopt.decision": decision,
+        "buildopt.reason": plan.reason,
+        "buildopt.input-digest": inp.digest.to_string(),
+        "buildopt.content-tag": push.then(|| format!("{}/{}:{}", registry.url, svc.image, content_tag(&inp.digest))),
+        "buildopt.tags": svc.tags,
+        "buildopt.duration-ms": elapsed.map(|d| d.as_millis() as u64),
+        "buildopt.cache-hit-ratio": ratio,
+        "buildopt.error": error,
+    })
+}
+
+fn write_metadata(path: &PathBuf, value: &serde_json::Value) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs_err::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    fs_err::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Moves each requested tag that does not already point at `image` to it. Returns the tags moved.
+async fn promote(
+    client: &RegistryClient,
+    svc: &Service,
+    source: &str,
+    image: &str,
+) -> Result<Vec<String>, RegistryError> {
+    let mut moved = Vec::new();
+    for tag in &svc.tags {
+        let target = client.reference(&svc.image, tag);
+        if client.lookup(&target).await?.as_deref() == Some(image) {
+            continue;
+        }
+        client.retag(source, &target).await?;
+        moved.push(tag.clone());
+    }
+    Ok(moved)
+}
+
+/// Carries out the plan: skipped services get their tags promoted, the rest are built (connecting to BuildKit only
+/// if something is to be built).
+#[allow(clippy::too_many_arguments)]
+async fn run_plan(
+    daemon: &crate::cli::args::DaemonArgs,
+    ws: &Workspace,
+    services: &[Service],
+    inputs: &[ServiceInputs],
+    plans: &[ServicePlan],
+    opts: &Arc<RunOptions>,
+    progress: &Progress,
+    jobs: usize,
+) -> anyhow::Result<HashMap<String, Outcome>> {
+    let mut outcomes: HashMap<String, Outcome> = HashMap::new();
+    let mut images: BTreeMap<String, String> = BTreeMap::new();
+    for ((svc, inp), plan) in services.iter().zip(inputs).zip(plans) {
+        if plan.decision != Decision::Skip {
+            continue;
+        }
+        let started = Instant::now();
+        let image = plan.image.clone().expect("a skip has an image");
+        let source = opts.client.reference(&svc.image, &content_tag(&inp.digest));
+        let promoted = if opts.push {
+            promote(&opts.client, svc, &source, &image).await?
+        } else {
+            Vec::new()
+        };
+        images.insert(svc.name.clone(), image.clone());
+        outcomes.insert(
+            svc.name.clone(),
+            Outcome::Skipped {
+                image,
+                promoted,
+                elapsed: started.elapsed(),
+            },
+        );
+    }
+    let to_build: Vec<usize> = (0..services.len())
+        .filter(|&i| plans[i].decision == Decision::Build)
+        .collect();
+    if to_build.is_empty() {
+        return Ok(outcomes);
+    }
+    let client = super::daemon::connect(daemon, Some(ws)).await?;
+    schedule(
+        &client,
+        services,
+        inputs,
+        to_build,
+        opts,
+        progress,
+        jobs,
+        &mut outcomes,
+        &mut images,
+    )
+    .await;
+    Ok(outcomes)
+}
+
+/// Runs the builds: a service starts once all its dependencies have an image, at most `jobs` at a time.
+#[allow(clippy::too_many_arguments)]
 async fn schedule(
     client: &Client,
     services: &[Service],
     inputs: &[ServiceInputs],
+    mut pending: Vec<usize>,
     opts: &Arc<RunOptions>,
     progress: &Progress,
     jobs: usize,
-) -> HashMap<String, Outcome> {
-    let mut outcomes: HashMap<String, Outcome> = HashMap::new();
-    let mut digests: BTreeMap<String, String> = BTreeMap::new();
-    let mut pending: Vec<usize> = (0..services.len()).collect();
+    outcomes: &mut HashMap<String, Outcome>,
+    images: &mut BTreeMap<String, String>,
+) {
     let mut running = JoinSet::new();
     loop {
         // Services whose dependency failed fail too, without building.
@@ -175,40 +435,39 @@ async fn schedule(
                 services[i]
                     .depends_on
                     .iter()
-                    .all(|d| digests.contains_key(d))
+                    .all(|d| images.contains_key(d))
             }) else {
                 break;
             };
             let i = pending.remove(pos);
             let svc = services[i].clone();
-            let deps: BTreeMap<String, (Service, String)> = svc
+            let deps: Vec<(Service, String)> = svc
                 .depends_on
                 .iter()
                 .map(|d| {
-                    let dep = services
-                        .iter()
-                        .find(|s| &s.name == d)
-                        .expect("dependencies are selected")
-                        .clone();
-                    (d.clone(), (dep, digests[d].clone()))
+                    (
+                        services
+                            .iter()
+                            .find(|s| &s.name == d)
+                            .expect("dependencies are selected")
+                            .clone(),
+                        images[d].clone(),
+                    )
                 })
                 .collect();
             let (client, opts) = (client.clone(), opts.clone());
-            let input_digest = inputs[i].digest;
+            let digest = inputs[i].digest;
             let sp = progress.service(&svc.name);
             running.spawn(async move {
                 let started = Instant::now();
-                let result = build_one(&client, &svc, input_digest, &deps, &opts, sp).await;
-                (
-                    svc.name.clone(),
-                    result.map(|digest| (digest, started.elapsed())),
-                )
+                let result = build_one(&client, &svc, digest, &deps, &opts, sp).await;
+                (svc.name.clone(), result, started.elapsed())
             });
         }
         let Some(joined) = running.join_next().await else {
             break;
         };
-        let (name, result) = match joined {
+        let (name, result, elapsed) = match joined {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("a build task failed: {e}");
@@ -216,16 +475,23 @@ async fn schedule(
             }
         };
         match result {
-            Ok((digest, elapsed)) => {
-                digests.insert(name.clone(), digest.clone());
-                outcomes.insert(name, Outcome::Built { digest, elapsed });
+            Ok((image, promoted, cache_hits)) => {
+                images.insert(name.clone(), image.clone());
+                outcomes.insert(
+                    name,
+                    Outcome::Built {
+                        image,
+                        promoted,
+                        elapsed,
+                        cache_hits,
+                    },
+                );
             }
             Err(error) => {
-                outcomes.insert(name, Outcome::Failed { error });
+                outcomes.insert(name, Outcome::Failed { error, elapsed });
             }
         }
     }
-    outcomes
 }
 
 /// `registry/image:tag`.
@@ -245,7 +511,8 @@ fn shared_key(svc: &Service) -> String {
 /// The solve for one service.
 fn solve_spec(
     svc: &Service,
-    deps: &BTreeMap<String, (Service, String)>,
+    digest: &Digest,
+    deps: &[(Service, String)],
     opts: &RunOptions,
 ) -> SolveSpec {
     let reg = &opts.registry;
@@ -269,9 +536,10 @@ fn solve_spec(
     for (k, v) in &svc.labels {
         attrs.insert(format!("label:{k}"), v.clone());
     }
-    // A dependency built in this run is pinned by digest, so `FROM <its image>` never pulls a stale tag.
-    for (dep, digest) in deps.values() {
-        let pinned = format!("docker-image://{}/{}@{digest}", reg.url, dep.image);
+    // A dependency is pinned by digest (built in this run or found by its content tag), so `FROM <its image>` never
+    // pulls a stale tag.
+    for (dep, image) in deps {
+        let pinned = format!("docker-image://{}/{}@{image}", reg.url, dep.image);
         attrs.insert(format!("context:{}/{}", reg.url, dep.image), pinned.clone());
         for tag in &dep.tags {
             attrs.insert(
@@ -291,11 +559,15 @@ fn solve_spec(
             attrs.insert("force-network-mode".to_owned(), "none".to_owned());
         }
     }
-    let names: Vec<String> = svc
-        .tags
-        .iter()
-        .map(|t| image_ref(reg, &svc.image, t))
-        .collect();
+    // Pushing: only the content tag; the requested tags are moved after the build succeeded.
+    let names: Vec<String> = if opts.push {
+        vec![image_ref(reg, &svc.image, &content_tag(digest))]
+    } else {
+        svc.tags
+            .iter()
+            .map(|t| image_ref(reg, &svc.image, t))
+            .collect()
+    };
     let mut exporter: BTreeMap<String, String> = [
         ("name".to_owned(), names.join(",")),
         ("push".to_owned(), opts.push.to_string()),
@@ -344,15 +616,16 @@ fn solve_spec(
     }
 }
 
-/// Builds one service; returns the pushed image digest, or the error to show.
+/// Builds one service, then (when pushing) verifies its content tag and moves the requested tags to it. Returns
+/// the image digest, the tags moved and the cache hits, or the error to show.
 async fn build_one(
     client: &Client,
     svc: &Service,
-    _input: Digest,
-    deps: &BTreeMap<String, (Service, String)>,
+    digest: Digest,
+    deps: &[(Service, String)],
     opts: &RunOptions,
     mut progress: ServiceProgress,
-) -> Result<String, String> {
+) -> Result<(String, Vec<String>, (usize, usize)), String> {
     let dockerfile_dir: PathBuf = svc
         .dockerfile
         .parent()
@@ -364,9 +637,9 @@ async fn build_one(
     ]);
     let session = Session::new(dirs, opts.keychain.clone(), shared_key(svc));
     let session_id = session.id().to_owned();
-    let spec = solve_spec(svc, deps, opts);
+    let spec = solve_spec(svc, &digest, deps, opts);
 
-    // The status stream is followed on its own task; its handle is kept and it is aborted if it outlives the build.
+    // The status stream is followed on its own task; its handle is kept and it is dropped if it outlives the build.
     let status = {
         let client = client.clone();
         let reference = spec.reference.clone();
@@ -390,12 +663,53 @@ async fn build_one(
         Ok(Ok(p)) => Some(p),
         _ => None,
     };
-    let result = result.and_then(|outcome| match outcome.image_digest() {
-        Some(d) => Ok(d.to_owned()),
-        None => Err("BuildKit returned no image digest".to_owned()),
+    let cache_hits = progress
+        .as_ref()
+        .map(|p| p.state().cache_hits())
+        .unwrap_or_default();
+    let result = result.and_then(|outcome| {
+        outcome
+            .image_digest()
+            .map(str::to_owned)
+            .ok_or_else(|| "BuildKit returned no image digest".to_owned())
     });
+    let result = match result {
+        Ok(image) if opts.push => {
+            let source = image_ref(&opts.registry, &svc.image, &content_tag(&digest));
+            verify_and_promote(&opts.client, svc, &source, &image)
+                .await
+                .map(|promoted| (image, promoted, cache_hits))
+        }
+        Ok(image) => Ok((image, Vec::new(), cache_hits)),
+        Err(e) => Err(e),
+    };
     if let Some(p) = progress {
         p.finish(&result.as_ref().map(|_| ()).map_err(Clone::clone));
     }
     result
+}
+
+async fn verify_and_promote(
+    client: &RegistryClient,
+    svc: &Service,
+    source: &str,
+    image: &str,
+) -> Result<Vec<String>, String> {
+    match client.lookup(source).await {
+        Ok(Some(found)) if found == image => {}
+        Ok(Some(found)) => {
+            return Err(format!(
+                "the registry has {found} under {source}, not the image just built ({image})"
+            ));
+        }
+        Ok(None) => {
+            return Err(format!(
+                "BuildKit reported a push, but the registry has no {source}"
+            ));
+        }
+        Err(e) => return Err(format!("{e:#}")),
+    }
+    promote(client, svc, source, image)
+        .await
+        .map_err(|e| format!("{e}"))
 }

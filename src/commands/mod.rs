@@ -55,6 +55,9 @@ pub fn status_of(err: &anyhow::Error) -> ExitStatus {
                 c.downcast_ref::<crate::context::ContextError>(),
                 Some(crate::context::ContextError::IgnoreSyntax { .. })
             )
+            || c.downcast_ref::<crate::registry::RegistryError>()
+                .is_some_and(crate::registry::RegistryError::is_setup)
+            || c.is::<crate::registry::ecr::EcrError>()
             || matches!(
                 c.downcast_ref::<crate::hash::HashError>(),
                 Some(crate::hash::HashError::Context(
@@ -171,6 +174,80 @@ fn hash_all(
         tracing::warn!("could not save the local hash index: {e}");
     }
     Ok(out)
+}
+
+/// Credentials (ECR first when the registry is ECR, then the docker config), the registry client, and for ECR the
+/// repositories of `services` (created when configured; a warning where tag immutability would reject moving
+/// tags).
+async fn registry_setup(
+    registry: &crate::config::Registry,
+    ecr_endpoint: Option<&str>,
+    services: &[&Service],
+    ensure_repositories: bool,
+    printer: Printer,
+) -> anyhow::Result<(
+    std::sync::Arc<dyn crate::auth::Keychain>,
+    crate::registry::RegistryClient,
+)> {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use crate::auth::{DockerConfigKeychain, Keychain, MultiKeychain};
+    use crate::registry::ecr::{AwsEcr, EcrApi, EcrKeychain, RepositoryState, region_of_host};
+
+    let mut chain: Vec<Box<dyn Keychain>> = Vec::new();
+    if registry.is_ecr() {
+        let region = region_of_host(registry.host()).or_else(|| registry.ecr_region.clone());
+        let endpoint = ecr_endpoint
+            .map(str::to_owned)
+            .or_else(|| registry.ecr_endpoint.clone());
+        let api: Arc<dyn EcrApi> = Arc::new(AwsEcr::new(region, endpoint).await);
+        if ensure_repositories {
+            let checks = services.iter().map(|s| {
+                let api = api.clone();
+                async move {
+                    (
+                        s,
+                        api.ensure_repository(&s.image, registry.create_repositories)
+                            .await,
+                    )
+                }
+            });
+            for (svc, result) in futures::future::join_all(checks).await {
+                match result.with_context(|| {
+                    format!(
+                        "checking ECR repository `{}` of service `{}`",
+                        svc.image, svc.name
+                    )
+                })? {
+                    RepositoryState::Created => {
+                        tracing::info!("created ECR repository `{}`", svc.image)
+                    }
+                    RepositoryState::Existing {
+                        immutable_tags: true,
+                    } => {
+                        writeln!(
+                            printer.errors(),
+                            "warning: ECR repository `{}` has immutable tags: pushing the moving tags {} and `{}` will be rejected; make its tags mutable",
+                            svc.image,
+                            svc.tags
+                                .iter()
+                                .map(|t| format!("`{t}`"))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            svc.cache_tag
+                        )?;
+                    }
+                    RepositoryState::Existing { .. } => {}
+                }
+            }
+        }
+        chain.push(Box::new(EcrKeychain::new(api, registry.host())));
+    }
+    chain.push(Box::new(DockerConfigKeychain::from_env()));
+    let keychain: Arc<dyn Keychain> = Arc::new(MultiKeychain(chain));
+    let client = crate::registry::RegistryClient::new(registry, keychain.clone())?;
+    Ok((keychain, client))
 }
 
 fn warn_skipped(printer: Printer, service: &str, inputs: &ServiceInputs) {

@@ -143,7 +143,14 @@ fn registry_cache_is_an_oci_image_manifest_and_survives_a_pruned_daemon() {
         prune_all();
         let out = t
             .cmd()
-            .args(["--progress", "plain", "build", "--cache-from", "registry"])
+            .args([
+                "--progress",
+                "plain",
+                "build",
+                "--force",
+                "--cache-from",
+                "registry",
+            ])
             .output()
             .unwrap();
         assert!(
@@ -161,7 +168,14 @@ fn registry_cache_is_an_oci_image_manifest_and_survives_a_pruned_daemon() {
         prune_all();
         let out = t
             .cmd()
-            .args(["--progress", "plain", "build", "--cache-from", "none"])
+            .args([
+                "--progress",
+                "plain",
+                "build",
+                "--force",
+                "--cache-from",
+                "none",
+            ])
             .output()
             .unwrap();
         assert!(
@@ -188,7 +202,11 @@ fn failing_run_step_shows_the_error_and_pushes_nothing() {
         "the step's output is shown: {err}"
     );
     assert!(err.contains("exit code: 3"), "{err}");
-    assert!(err.contains("failed  app"), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("failed") && l.contains(" app ")),
+        "{err}"
+    );
     assert_eq!(s.manifest(&repo, "latest"), None);
 }
 
@@ -219,7 +237,7 @@ fn dependency_failure_skips_dependents_but_not_others() {
     assert_eq!(code, 1, "{err}");
     assert!(
         err.lines()
-            .any(|l| l.starts_with("skipped app ") && l.ends_with("dependency `base` failed")),
+            .any(|l| l.starts_with("failed    app ") && l.ends_with("dependency `base` failed")),
         "{err}"
     );
     assert!(

@@ -11,3 +11,5 @@ mod cli;
 mod context;
 /// Input digest stability and sensitivity, and the local index.
 mod hash;
+/// The registry as the source of truth, tags, ECR via moto, bad input.
+mod pipeline;

@@ -295,3 +295,64 @@ impl Tree {
         )
     }
 }
+
+impl Services {
+    /// The second registry, with Basic auth (user `AWS`, the password moto's ECR token carries).
+    pub fn auth_registry(&self) -> String {
+        env_or_file("BUILDOPT_TEST_AUTH_REGISTRY")
+    }
+    /// The base image in the auth registry.
+    pub fn auth_base_image(&self) -> String {
+        env_or_file("BUILDOPT_TEST_AUTH_BASE_IMAGE")
+    }
+    /// moto's endpoint (ECR API).
+    pub fn moto(&self) -> String {
+        env_or_file("BUILDOPT_TEST_MOTO_ENDPOINT")
+    }
+
+    /// ECR repository names moto knows.
+    pub fn moto_repositories(&self) -> Vec<String> {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-X", "POST", "-H", "X-Amz-Target: AmazonEC2ContainerRegistry_V20150921.DescribeRepositories"])
+            .args(["-H", "Content-Type: application/x-amz-json-1.1"])
+            .args(["-H", "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-west-2/ecr/aws4_request, SignedHeaders=host, Signature=0"])
+            .args(["-d", "{}"])
+            .arg(format!("{}/", self.moto()))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("moto answers JSON");
+        v["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["repositoryName"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+fn env_or_file(k: &str) -> String {
+    std::env::var(k).ok().unwrap_or_else(|| {
+        std::fs::read_to_string("/run/buildopt-test/env")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_owned))
+            .unwrap_or_else(|| panic!("{k} is not set: run `hack/services start`"))
+    })
+}
+
+impl Services {
+    /// The digest the registry reports for `repo:tag`.
+    pub fn manifest_digest(&self, repo: &str, tag: &str) -> String {
+        let accept = "application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json,application/vnd.oci.image.index.v1+json";
+        let (code, headers, _) = self.registry_get(&format!("/v2/{repo}/manifests/{tag}"), accept);
+        assert_eq!(code, 200);
+        headers
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("docker-content-digest:")
+                    .then(|| l.split_once(':').unwrap().1.trim().to_owned())
+            })
+            .expect("digest header")
+    }
+}

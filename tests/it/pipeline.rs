@@ -1,0 +1,358 @@
+//! The full pipeline: the registry decides (content tags), requested tags move only after success, ECR through
+//! moto, and bad input fails clearly without moving anything.
+
+use crate::common::{Services, Tree, copy_tree, unique_repo};
+
+/// A workspace with services `base`, `app` (depends on `base`, `FROM` its image) and `other`.
+fn three_services(s: &Services) -> (Tree, [String; 3]) {
+    let repos = [
+        unique_repo("p-base"),
+        unique_repo("p-app"),
+        unique_repo("p-other"),
+    ];
+    let [base, app, other] = &repos;
+    let t = Tree::new()
+        .file(
+            "buildopt.toml",
+            format!(
+                "[registry]\nurl = \"{reg}\"\ninsecure = true\n[buildkit]\naddr = \"{addr}\"\nnetwork = \"host\"\n\
+                 [services.base]\ncontext = \"base\"\nimage = \"{base}\"\n\
+                 [services.app]\ncontext = \"app\"\nimage = \"{app}\"\ndepends_on = [\"base\"]\n\
+                 [services.other]\ncontext = \"other\"\nimage = \"{other}\"\n",
+                reg = s.registry,
+                addr = s.buildkit_addr
+            ),
+        )
+        .file("base/Dockerfile", format!("FROM {}\nCOPY base.txt /\n", s.base_image))
+        .file("base/base.txt", "base v1\n")
+        .file("app/Dockerfile", format!("FROM {}/{base}:latest\nCOPY app.txt /\nRUN cat /base.txt /app.txt > /both.txt\n", s.registry))
+        .file("app/app.txt", "app v1\n")
+        .file("other/Dockerfile", "FROM scratch\nCOPY other.txt /\n")
+        .file("other/other.txt", "other v1\n");
+    (t, repos)
+}
+
+/// (verb, service) of each summary line.
+fn summary(stderr: &str) -> Vec<(String, String)> {
+    stderr
+        .lines()
+        .filter(|l| {
+            ["built ", "skipped ", "promoted ", "failed "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next().unwrap().to_owned(), w.next().unwrap().to_owned())
+        })
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn unchanged_services_are_skipped_on_a_fresh_clone_without_buildkit() {
+    let s = Services::get();
+    let (t, [base, ..]) = three_services(&s);
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    let latest = s.manifest(&base, "latest").unwrap();
+
+    // A fresh clone: no .build-cache, and BuildKit unreachable, so any solve would fail.
+    let clone = Tree::new();
+    copy_tree(t.path(), clone.path());
+    std::fs::remove_dir_all(clone.join(".build-cache")).unwrap();
+    let (code, _, err) = clone.build(&["--addr", "unix:///nonexistent/buildkitd.sock"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        summary(&err),
+        pairs(&[
+            ("skipped", "base"),
+            ("skipped", "app"),
+            ("skipped", "other")
+        ]),
+        "{err}"
+    );
+    assert_eq!(s.manifest(&base, "latest").unwrap(), latest);
+}
+
+#[test]
+fn a_change_rebuilds_the_service_and_its_dependents_only() {
+    let s = Services::get();
+    let (t, [base, app, other]) = three_services(&s);
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    let other_latest = s.manifest(&other, "latest").unwrap();
+
+    std::fs::write(t.join("base/base.txt"), "base v2\n").unwrap();
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        summary(&err),
+        pairs(&[("built", "base"), ("built", "app"), ("skipped", "other")]),
+        "{err}"
+    );
+    assert_eq!(s.manifest(&other, "latest").unwrap(), other_latest);
+    // app was built on the base of this run (pinned by digest), whose layers it shares.
+    let base_layers = s.manifest(&base, "latest").unwrap()["layers"].clone();
+    let app_layers = s.manifest(&app, "latest").unwrap()["layers"].clone();
+    assert_eq!(app_layers[1], base_layers[1], "app is on the new base");
+
+    std::fs::write(t.join("app/app.txt"), "app v2\n").unwrap();
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        summary(&err),
+        pairs(&[("skipped", "base"), ("built", "app"), ("skipped", "other")]),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failed_build_never_moves_latest() {
+    let s = Services::get();
+    let repo = unique_repo("p-fail");
+    let t = Tree::buildable(
+        &repo,
+        "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY f /\nRUN test -s /f\n",
+    )
+    .file("app/f", "ok");
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    let latest = s.manifest(&repo, "latest").unwrap();
+    let tags_before = s.registry_get(&format!("/v2/{repo}/tags/list"), "*/*").2;
+
+    std::fs::write(t.join("app/f"), "").unwrap();
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        s.manifest(&repo, "latest").unwrap(),
+        latest,
+        "latest moved after a failed build"
+    );
+    assert_eq!(
+        s.registry_get(&format!("/v2/{repo}/tags/list"), "*/*").2,
+        tags_before,
+        "no tag was pushed"
+    );
+}
+
+#[test]
+fn returning_to_earlier_inputs_promotes_without_building() {
+    let s = Services::get();
+    let repo = unique_repo("p-promote");
+    let t = Tree::buildable(&repo, "FROM scratch\nCOPY f /\n").file("app/f", "one");
+    assert_eq!(t.build(&[]).0, 0);
+    let one = s.manifest(&repo, "latest").unwrap();
+    std::fs::write(t.join("app/f"), "two").unwrap();
+    assert_eq!(t.build(&[]).0, 0);
+    assert_ne!(s.manifest(&repo, "latest").unwrap(), one);
+
+    std::fs::write(t.join("app/f"), "one").unwrap();
+    let (code, _, err) = t.build(&["--addr", "unix:///nonexistent/buildkitd.sock"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(summary(&err), pairs(&[("promoted", "app")]), "{err}");
+    assert_eq!(s.manifest(&repo, "latest").unwrap(), one);
+
+    // A new tag in the config is not an input: it is promoted too.
+    let toml = std::fs::read_to_string(t.join("buildopt.toml")).unwrap()
+        + "tags = [\"latest\", \"stable\"]\n";
+    std::fs::write(t.join("buildopt.toml"), toml).unwrap();
+    let (code, _, err) = t.build(&["--addr", "unix:///nonexistent/buildkitd.sock"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(s.manifest(&repo, "stable").unwrap(), one);
+}
+
+#[test]
+fn dry_run_and_plan_ask_the_registry_and_change_nothing() {
+    let s = Services::get();
+    let repo = unique_repo("p-dry");
+    let t = Tree::buildable(&repo, "FROM scratch\nCOPY f /\n").file("app/f", "x");
+    let (code, _, err) = t.build(&["--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("build app  no image for inputs"), "{err}");
+    assert_eq!(s.manifest(&repo, "latest"), None);
+
+    assert_eq!(t.build(&[]).0, 0);
+    let out = t.cmd().args(["plan", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["services"][0]["decision"], "skip");
+    assert_eq!(
+        json["services"][0]["image"],
+        s.manifest_digest(&repo, "latest")
+    );
+
+    // Cache export requested but no cache pushed yet: not a skip.
+    let out = t
+        .cmd()
+        .args(["plan", "--cache-to", "registry"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("build: image for inputs"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn metadata_file_describes_each_service() {
+    let s = Services::get();
+    let repo = unique_repo("p-meta");
+    let t = Tree::buildable(&repo, "FROM scratch\nCOPY f /\n").file("app/f", "x");
+    let meta = t.join("meta.json");
+    let (code, _, err) = t.build(&["--metadata-file", meta.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let app = &v["app"];
+    assert_eq!(app["buildopt.decision"], "built");
+    assert_eq!(
+        app["containerimage.digest"],
+        s.manifest_digest(&repo, "latest")
+    );
+    assert_eq!(app["image.name"], format!("{}/{repo}:latest", s.registry));
+    assert_eq!(app["buildopt.input-digest"].as_str().unwrap().len(), 64);
+    assert!(app["buildopt.duration-ms"].as_u64().is_some());
+
+    let (code, _, _) = t.build(&["--metadata-file", meta.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(v["app"]["buildopt.decision"], "skipped");
+}
+
+#[test]
+fn unreachable_registry_is_a_clear_error() {
+    let t = Tree::new()
+        .file("buildopt.toml", "[registry]\nurl = \"127.0.0.1:1\"\ninsecure = true\n[services.app]\ncontext = \"app\"\n")
+        .file("app/Dockerfile", "FROM scratch\n");
+    let out = t
+        .cmd()
+        .args(["build", "--addr", "unix:///nonexistent/buildkitd.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("registry 127.0.0.1:1 did not answer"), "{err}");
+}
+
+#[test]
+fn wrong_credentials_are_a_clear_error_and_never_printed() {
+    let s = Services::get();
+    let repo = unique_repo("p-creds");
+    let t = Tree::new()
+        .file(
+            "buildopt.toml",
+            format!("[registry]\nurl = \"{}\"\ninsecure = true\n[services.app]\ncontext = \"app\"\nimage = \"{repo}\"\n", s.auth_registry()),
+        )
+        .file("app/Dockerfile", "FROM scratch\n")
+        // base64("AWS:not-the-password")
+        .file("docker/config.json", format!(r#"{{"auths":{{"{}":{{"auth":"QVdTOm5vdC10aGUtcGFzc3dvcmQ="}}}}}}"#, s.auth_registry()));
+    let out = t
+        .cmd()
+        .env("DOCKER_CONFIG", t.join("docker"))
+        .args([
+            "-vv",
+            "build",
+            "--addr",
+            "unix:///nonexistent/buildkitd.sock",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "registry {} rejected the credentials",
+            s.auth_registry()
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("not-the-password") && !err.contains("QVdTOm5vdC10aGUtcGFzc3dvcmQ"),
+        "secret in output: {err}"
+    );
+}
+
+/// ECR through moto: the token is fetched with the AWS SDK, served to the registry client and, through the
+/// session, to BuildKit (which pulls the base image and pushes with it); repositories are created.
+#[test]
+fn ecr_token_repositories_and_a_second_run_that_skips() {
+    let s = Services::get();
+    let repo = unique_repo("ecr");
+    let config = |create: bool, repo: &str| {
+        format!(
+            "[registry]\nurl = \"{reg}\"\ninsecure = true\necr = true\ncreate_repositories = {create}\necr_endpoint = \"{moto}\"\necr_region = \"us-west-2\"\n\
+             [buildkit]\naddr = \"{addr}\"\nnetwork = \"host\"\n\
+             [services.app]\ncontext = \"app\"\nimage = \"{repo}\"\n",
+            reg = s.auth_registry(),
+            moto = s.moto(),
+            addr = s.buildkit_addr
+        )
+    };
+    let t = Tree::new()
+        .file("buildopt.toml", config(true, &repo))
+        .file(
+            "app/Dockerfile",
+            format!("FROM {}\nCOPY f /\nRUN cat /f\n", s.auth_base_image()),
+        )
+        .file("app/f", "ecr")
+        .dir("home");
+    let run = |t: &Tree, args: &[&str]| {
+        let out = t
+            .cmd()
+            .env("HOME", t.join("home"))
+            .env_remove("DOCKER_CONFIG")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_PROFILE")
+            .args([
+                "--progress",
+                "plain",
+                "-vv",
+                "build",
+                "--cache-to",
+                "registry",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&t, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        s.moto_repositories().contains(&repo),
+        "repository created in ECR"
+    );
+    assert!(
+        !err.contains("123456789012-auth-token"),
+        "the token leaked into the output"
+    );
+    assert!(
+        summary(&err).contains(&("built".to_owned(), "app".to_owned())),
+        "{err}"
+    );
+
+    let (code, err) = run(&t, &["--addr", "unix:///nonexistent/buildkitd.sock"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(summary(&err), pairs(&[("skipped", "app")]), "{err}");
+
+    // A repository that does not exist, with creation off: a clear error, nothing built.
+    let missing = unique_repo("ecr-missing");
+    std::fs::write(t.join("buildopt.toml"), config(false, &missing)).unwrap();
+    let (code, err) = run(&t, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("ECR repository `{missing}` does not exist")),
+        "{err}"
+    );
+    assert!(!s.moto_repositories().contains(&missing));
+}
