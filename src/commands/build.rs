@@ -637,7 +637,15 @@ async fn build_one(
     ]);
     let session = Session::new(dirs, opts.keychain.clone(), shared_key(svc));
     let session_id = session.id().to_owned();
-    let spec = solve_spec(svc, &digest, deps, opts);
+    let mut spec = solve_spec(svc, &digest, deps, opts);
+    // Import the registry cache only when it exists: a missing one is normal on a first build, and BuildKit would
+    // report it as a failed step.
+    if !spec.cache_imports.is_empty() {
+        let cache_ref = image_ref(&opts.registry, &svc.image, &svc.cache_tag);
+        if !matches!(opts.client.lookup(&cache_ref).await, Ok(Some(_))) {
+            spec.cache_imports.clear();
+        }
+    }
 
     // The status stream is followed on its own task; its handle is kept and it is dropped if it outlives the build.
     let status = {
@@ -659,9 +667,14 @@ async fn build_one(
             Err(e) => format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()),
         }),
     };
-    let progress = match tokio::time::timeout(STATUS_DRAIN, status).await {
+    let mut status = status;
+    let progress = match tokio::time::timeout(STATUS_DRAIN, &mut status).await {
         Ok(Ok(p)) => Some(p),
-        _ => None,
+        Ok(Err(_)) => None,
+        Err(_) => {
+            status.abort();
+            None
+        }
     };
     let cache_hits = progress
         .as_ref()

@@ -356,3 +356,109 @@ fn ecr_token_repositories_and_a_second_run_that_skips() {
     );
     assert!(!s.moto_repositories().contains(&missing));
 }
+
+#[test]
+fn ctrl_c_cancels_the_build_and_pushes_nothing() {
+    use std::io::BufRead;
+    let s = Services::get();
+    let repo = unique_repo("p-cancel");
+    let t = Tree::buildable(
+        &repo,
+        "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo started-sleeping && sleep 6\n",
+    );
+    let _shared = crate::common::daemon_lock()
+        .read()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("buildopt"))
+        .current_dir(t.path())
+        .args(["--progress", "plain", "build"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("started-sleeping") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the RUN step started");
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let code = child.wait().unwrap().code();
+    let err = reader.join().unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?} to stop",
+        started.elapsed()
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    // Nothing was pushed, then or later: had the daemon not cancelled the build with the call, the step would end
+    // within 6 s and push.
+    std::thread::sleep(std::time::Duration::from_secs(9));
+    let (code, _, body) = s.registry_get(&format!("/v2/{repo}/tags/list"), "*/*");
+    assert!(
+        code == 404 || !String::from_utf8_lossy(&body).contains("\"tags\":[\""),
+        "{code} {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+#[test]
+fn immutable_ecr_repository_gets_a_warning() {
+    let s = Services::get();
+    let repo = unique_repo("ecr-immutable");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-X", "POST", "-H", "X-Amz-Target: AmazonEC2ContainerRegistry_V20150921.CreateRepository"])
+        .args(["-H", "Content-Type: application/x-amz-json-1.1"])
+        .args(["-H", "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-west-2/ecr/aws4_request, SignedHeaders=host, Signature=0"])
+        .args(["-d", &format!(r#"{{"repositoryName":"{repo}","imageTagMutability":"IMMUTABLE"}}"#)])
+        .arg(format!("{}/", s.moto()))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("IMMUTABLE"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let t = Tree::new()
+        .file(
+            "buildopt.toml",
+            format!(
+                "[registry]\nurl = \"{}\"\ninsecure = true\necr = true\necr_endpoint = \"{}\"\necr_region = \"us-west-2\"\n[services.app]\ncontext = \"app\"\nimage = \"{repo}\"\n",
+                s.auth_registry(),
+                s.moto()
+            ),
+        )
+        .file("app/Dockerfile", "FROM scratch\n");
+    let out = t
+        .cmd()
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .args(["build", "--dry-run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: ECR repository `{repo}` has immutable tags"
+        )),
+        "{err}"
+    );
+}
