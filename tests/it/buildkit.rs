@@ -130,61 +130,41 @@ fn registry_cache_is_an_oci_image_manifest_and_survives_a_pruned_daemon() {
     assert_eq!(cache["mediaType"], OCI_MANIFEST, "{cache}");
     assert!(cache["layers"].as_array().is_some_and(|l| !l.is_empty()));
 
-    let prune_all = || {
+    // On an emptied daemon, a forced rebuild either gets the RUN step from the registry cache or runs it again.
+    let rebuild_pruned = |cache_from: &str| {
         let out = t.cmd().args(["prune", "--all"]).output().unwrap();
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let out = t
+            .cmd()
+            .args([
+                "--progress",
+                "plain",
+                "build",
+                "--force",
+                "--cache-from",
+                cache_from,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        s.manifest(&repo, "latest").unwrap()
     };
-    {
-        let _exclusive = daemon_lock().write().unwrap_or_else(|p| p.into_inner());
-        prune_all();
-        let out = t
-            .cmd()
-            .args([
-                "--progress",
-                "plain",
-                "build",
-                "--force",
-                "--cache-from",
-                "registry",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            s.manifest(&repo, "latest").unwrap(),
-            first,
-            "the RUN step ran again instead of coming from the registry cache"
-        );
-
-        // Control: without the registry cache, the pruned daemon really runs the step again.
-        prune_all();
-        let out = t
-            .cmd()
-            .args([
-                "--progress",
-                "plain",
-                "build",
-                "--force",
-                "--cache-from",
-                "none",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_ne!(s.manifest(&repo, "latest").unwrap(), first);
-    }
+    let _exclusive = daemon_lock().write().unwrap_or_else(|p| p.into_inner());
+    assert_eq!(
+        rebuild_pruned("registry"),
+        first,
+        "the RUN step ran again instead of coming from the registry cache"
+    );
+    // Control: without the registry cache, the pruned daemon really runs the step again.
+    assert_ne!(rebuild_pruned("none"), first);
 }
 
 #[test]
@@ -213,25 +193,17 @@ fn failing_run_step_shows_the_error_and_pushes_nothing() {
 #[test]
 fn dependency_failure_skips_dependents_but_not_others() {
     let s = Services::get();
-    let (base, app, other) = (
-        unique_repo("dep-base"),
-        unique_repo("dep-app"),
-        unique_repo("dep-other"),
-    );
-    let t = Tree::new()
+    let (t, repos) = Tree::workspace(&[("base", &[]), ("app", &["base"]), ("other", &[])]);
+    let [base, app, other] = [&repos[0], &repos[1], &repos[2]];
+    let t = t
         .file(
-            "buildopt.toml",
-            format!(
-                "[registry]\nurl = \"{reg}\"\ninsecure = true\n[buildkit]\naddr = \"{addr}\"\nnetwork = \"host\"\n\
-                 [services.base]\ncontext = \"base\"\nimage = \"{base}\"\n\
-                 [services.app]\ncontext = \"app\"\nimage = \"{app}\"\ndepends_on = [\"base\"]\n\
-                 [services.other]\ncontext = \"other\"\nimage = \"{other}\"\n",
-                reg = s.registry,
-                addr = s.buildkit_addr
-            ),
+            "base/Dockerfile",
+            format!("FROM {}\nRUN exit 1\n", s.base_image),
         )
-        .file("base/Dockerfile", format!("FROM {}\nRUN exit 1\n", s.base_image))
-        .file("app/Dockerfile", format!("FROM {}/{base}:latest\n", s.registry))
+        .file(
+            "app/Dockerfile",
+            format!("FROM {}/{base}:latest\n", s.registry),
+        )
         .file("other/Dockerfile", "FROM scratch\nCOPY Dockerfile /\n");
     let (code, _, err) = t.build(&[]);
     assert_eq!(code, 1, "{err}");
@@ -241,47 +213,10 @@ fn dependency_failure_skips_dependents_but_not_others() {
         "{err}"
     );
     assert!(
-        s.manifest(&other, "latest").is_some(),
+        s.manifest(other, "latest").is_some(),
         "independent service still built: {err}"
     );
-    assert_eq!(s.manifest(&app, "latest"), None);
-}
-
-#[test]
-fn dependent_uses_the_dependency_built_in_this_run() {
-    let s = Services::get();
-    let (base, app) = (unique_repo("pin-base"), unique_repo("pin-app"));
-    let t = Tree::new()
-        .file(
-            "buildopt.toml",
-            format!(
-                "[registry]\nurl = \"{reg}\"\ninsecure = true\n[buildkit]\naddr = \"{addr}\"\n\
-                 [services.base]\ncontext = \"base\"\nimage = \"{base}\"\n\
-                 [services.app]\ncontext = \"app\"\nimage = \"{app}\"\ndepends_on = [\"base\"]\n",
-                reg = s.registry,
-                addr = s.buildkit_addr
-            ),
-        )
-        .file("base/Dockerfile", "FROM scratch\nCOPY marker /\n")
-        .file("base/marker", "one")
-        .file(
-            "app/Dockerfile",
-            format!(
-                "FROM {}/{base}:latest\nCOPY Dockerfile /app-dockerfile\n",
-                s.registry
-            ),
-        );
-    let (code, _, err) = t.build(&[]);
-    assert_eq!(code, 0, "{err}");
-    std::fs::write(t.join("base/marker"), "two").unwrap();
-    let (code, _, err) = t.build(&[]);
-    assert_eq!(code, 0, "{err}");
-    let base_layers = layers(&s, &base, "latest");
-    let app_layers = layers(&s, &app, "latest");
-    assert_eq!(
-        app_layers[0], base_layers[0],
-        "app was built on the new base"
-    );
+    assert_eq!(s.manifest(app, "latest"), None);
 }
 
 #[test]

@@ -5,31 +5,24 @@ use crate::common::{Services, Tree, copy_tree, unique_repo};
 
 /// A workspace with services `base`, `app` (depends on `base`, `FROM` its image) and `other`.
 fn three_services(s: &Services) -> (Tree, [String; 3]) {
-    let repos = [
-        unique_repo("p-base"),
-        unique_repo("p-app"),
-        unique_repo("p-other"),
-    ];
-    let [base, app, other] = &repos;
-    let t = Tree::new()
+    let (t, repos) = Tree::workspace(&[("base", &[]), ("app", &["base"]), ("other", &[])]);
+    let t = t
         .file(
-            "buildopt.toml",
+            "base/Dockerfile",
+            format!("FROM {}\nCOPY base.txt /\n", s.base_image),
+        )
+        .file("base/base.txt", "base v1\n")
+        .file(
+            "app/Dockerfile",
             format!(
-                "[registry]\nurl = \"{reg}\"\ninsecure = true\n[buildkit]\naddr = \"{addr}\"\nnetwork = \"host\"\n\
-                 [services.base]\ncontext = \"base\"\nimage = \"{base}\"\n\
-                 [services.app]\ncontext = \"app\"\nimage = \"{app}\"\ndepends_on = [\"base\"]\n\
-                 [services.other]\ncontext = \"other\"\nimage = \"{other}\"\n",
-                reg = s.registry,
-                addr = s.buildkit_addr
+                "FROM {}/{}:latest\nCOPY app.txt /\nRUN cat /base.txt /app.txt > /both.txt\n",
+                s.registry, repos[0]
             ),
         )
-        .file("base/Dockerfile", format!("FROM {}\nCOPY base.txt /\n", s.base_image))
-        .file("base/base.txt", "base v1\n")
-        .file("app/Dockerfile", format!("FROM {}/{base}:latest\nCOPY app.txt /\nRUN cat /base.txt /app.txt > /both.txt\n", s.registry))
         .file("app/app.txt", "app v1\n")
         .file("other/Dockerfile", "FROM scratch\nCOPY other.txt /\n")
         .file("other/other.txt", "other v1\n");
-    (t, repos)
+    (t, repos.try_into().expect("three repositories"))
 }
 
 /// (verb, service) of each summary line.

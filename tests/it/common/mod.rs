@@ -153,19 +153,11 @@ pub struct Services {
 impl Services {
     /// Reads the service addresses; fails (never skips) when they are not set up.
     pub fn get() -> Services {
-        let file = std::fs::read_to_string("/run/buildopt-test/env").unwrap_or_default();
-        let var = |k: &str| {
-            std::env::var(k).ok().or_else(|| {
-                file.lines()
-                    .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_owned))
-            })
-            .unwrap_or_else(|| panic!("{k} is not set: run `hack/services start` (hack/test does) to start the real BuildKit and registry"))
-        };
         Services {
-            buildkit_addr: var("BUILDOPT_TEST_BUILDKIT_ADDR"),
-            registry: var("BUILDOPT_TEST_REGISTRY"),
-            base_image: var("BUILDOPT_TEST_BASE_IMAGE"),
-            docker_sock: var("BUILDOPT_TEST_DOCKER_SOCK"),
+            buildkit_addr: env_or_file("BUILDOPT_TEST_BUILDKIT_ADDR"),
+            registry: env_or_file("BUILDOPT_TEST_REGISTRY"),
+            base_image: env_or_file("BUILDOPT_TEST_BASE_IMAGE"),
+            docker_sock: env_or_file("BUILDOPT_TEST_DOCKER_SOCK"),
         }
     }
 
@@ -265,6 +257,28 @@ pub fn daemon_lock() -> &'static std::sync::RwLock<()> {
 }
 
 impl Tree {
+    /// A workspace of services (name, dependencies), each with context `<name>/` and a fresh repository, building
+    /// with the real BuildKit and registry. Returns the tree and the repositories, in order. Dockerfiles are the
+    /// caller's.
+    pub fn workspace(services: &[(&str, &[&str])]) -> (Tree, Vec<String>) {
+        let s = Services::get();
+        let mut toml = format!(
+            "[registry]\nurl = \"{}\"\ninsecure = true\n\n[buildkit]\naddr = \"{}\"\nnetwork = \"host\"\n",
+            s.registry, s.buildkit_addr
+        );
+        let mut repos = Vec::new();
+        for (name, deps) in services {
+            let repo = unique_repo(name);
+            let deps: Vec<String> = deps.iter().map(|d| format!("\"{d}\"")).collect();
+            toml.push_str(&format!(
+                "\n[services.{name}]\ncontext = \"{name}\"\nimage = \"{repo}\"\ndepends_on = [{}]\n",
+                deps.join(", ")
+            ));
+            repos.push(repo);
+        }
+        (Tree::new().file("buildopt.toml", toml), repos)
+    }
+
     /// A workspace whose one service `app` builds `dockerfile` from context `app/` into a fresh repository.
     pub fn buildable(repo: &str, dockerfile: &str) -> Tree {
         let s = Services::get();
@@ -336,7 +350,9 @@ fn env_or_file(k: &str) -> String {
             .unwrap_or_default()
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_owned))
-            .unwrap_or_else(|| panic!("{k} is not set: run `hack/services start`"))
+            .unwrap_or_else(|| {
+                panic!("{k} is not set: run `hack/services start` (hack/test does) to start the real BuildKit and registry")
+            })
     })
 }
 
