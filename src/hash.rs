@@ -131,14 +131,16 @@ impl Fields {
 }
 
 /// Selects and hashes the context of `svc`, then folds in its Dockerfile, parameters and the digests of its
-/// dependencies (`deps` must hold every name in `svc.depends_on`).
+/// dependencies (`deps` must hold every name in `svc.depends_on`). `own` are buildopt's state directories, never
+/// part of a context.
 pub fn hash_service(
     svc: &Service,
     deps: &BTreeMap<String, Digest>,
     index: &Index,
+    own: &[PathBuf],
 ) -> Result<ServiceInputs, HashError> {
     let ignore = DockerIgnore::load(&svc.context, &svc.dockerfile)?;
-    let (entries, skipped) = walk(&svc.context, &ignore.filter()?)?;
+    let (entries, skipped) = walk(&svc.context, &ignore.filter()?.hide_own(&svc.context, own))?;
     let contents = hash_contents(&svc.context, &entries, index)?;
     let entry_digests: Vec<Digest> = entries
         .iter()

@@ -38,6 +38,7 @@ struct RunOptions {
     network: NetworkMode,
     keychain: Arc<dyn Keychain>,
     client: RegistryClient,
+    own: Vec<PathBuf>,
 }
 
 /// How one service ended.
@@ -109,6 +110,7 @@ pub(super) fn run(
             network,
             keychain,
             client,
+            own: super::own_dirs(ws),
         });
         let check_cache = push && args.cache_to == CacheMode::Registry;
         let lookups = futures::stream::iter(services.iter().zip(&inputs))
@@ -635,7 +637,7 @@ async fn build_one(
         (LOCAL_CONTEXT.to_owned(), svc.context.clone()),
         (LOCAL_DOCKERFILE.to_owned(), dockerfile_dir),
     ]);
-    let session = Session::new(dirs, opts.keychain.clone(), shared_key(svc));
+    let session = Session::new(dirs, opts.keychain.clone(), shared_key(svc)).hide_own(opts.own.clone());
     let session_id = session.id().to_owned();
     let mut spec = solve_spec(svc, &digest, deps, opts);
     // Import the registry cache only when it exists: a missing one is normal on a first build, and BuildKit would

@@ -137,6 +137,11 @@ fn load_workspace(config: Option<&PathBuf>) -> anyhow::Result<Workspace> {
     })
 }
 
+/// buildopt's own state directories in a workspace, never part of any context (the first is the cache directory).
+pub(crate) fn own_dirs(ws: &Workspace) -> Vec<PathBuf> {
+    vec![ws.root.join(CACHE_DIR)]
+}
+
 /// The selected services (plus their dependencies) or a usage error naming the unknown one.
 fn select<'a>(ws: &'a Workspace, names: &[String]) -> anyhow::Result<Vec<&'a Service>> {
     ws.select(names).map_err(|unknown| {
@@ -156,14 +161,15 @@ fn hash_all(
     services: &[&Service],
     printer: Printer,
 ) -> anyhow::Result<Vec<ServiceInputs>> {
-    let index = Index::open(&ws.root.join(CACHE_DIR));
+    let own = own_dirs(ws);
+    let index = Index::open(&own[0]);
     if let IndexStatus::Discarded(why) = index.status() {
         tracing::warn!("rebuilding the local hash index: {why}");
     }
     let mut digests: BTreeMap<String, Digest> = BTreeMap::new();
     let mut out = Vec::new();
     for svc in services {
-        let inputs = hash_service(svc, &digests, &index)
+        let inputs = hash_service(svc, &digests, &index, &own)
             .with_context(|| format!("hashing service `{}`", svc.name))?;
         warn_skipped(printer, &svc.name, &inputs);
         digests.insert(svc.name.clone(), inputs.digest);

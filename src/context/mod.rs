@@ -52,9 +52,29 @@ pub struct ContextFilter {
     exclude: Option<PatternMatcher>,
     only_prefix_includes: bool,
     only_prefix_exclude_exceptions: bool,
+    hidden: Vec<Vec<u8>>,
 }
 
 impl ContextFilter {
+    /// Leaves out buildopt's own state directories (`own`, absolute) where they lie inside `root`, with everything
+    /// below them: they are never part of a context, whatever `.dockerignore` says, or every run would change the
+    /// digest it records. Applied alike when hashing and when sending.
+    pub fn hide_own(mut self, root: &Path, own: &[PathBuf]) -> ContextFilter {
+        use std::os::unix::ffi::OsStrExt;
+        for dir in own {
+            if let Ok(rel) = dir.strip_prefix(root)
+                && !rel.as_os_str().is_empty()
+            {
+                self.hidden.push(rel.as_os_str().as_bytes().to_vec());
+            }
+        }
+        self
+    }
+
+    pub(crate) fn is_hidden(&self, path: &[u8]) -> bool {
+        self.hidden.iter().any(|h| h == path)
+    }
+
     /// A filter that keeps everything.
     pub fn all() -> ContextFilter {
         ContextFilter::default()
@@ -88,6 +108,7 @@ impl ContextFilter {
             exclude,
             only_prefix_includes,
             only_prefix_exclude_exceptions,
+            hidden: Vec::new(),
         })
     }
 

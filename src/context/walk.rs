@@ -130,6 +130,9 @@ impl Walker<'_> {
     }
 
     fn child(&mut self, abs: &Path, path: Vec<u8>) -> Result<(), ContextError> {
+        if self.filter.is_hidden(&path) {
+            return Ok(());
+        }
         let meta = fs_err::symlink_metadata(abs).map_err(|source| ContextError::Io {
             path: abs.to_owned(),
             source,

@@ -77,6 +77,7 @@ fn packet(ty: PacketType) -> Packet {
 /// Serves DiffCopy for a fixed set of named directories.
 pub(crate) struct FileSyncService {
     pub(crate) dirs: Arc<HashMap<String, PathBuf>>,
+    pub(crate) own: Arc<Vec<PathBuf>>,
 }
 
 /// Values of a metadata key, URL-query-decoded when `<key>-encoded` is `1`.
@@ -144,7 +145,8 @@ impl pb::file_sync_server::FileSync for FileSyncService {
         let exclude = metadata_values(md, "exclude-patterns");
         tracing::debug!(dir = %name, ?include, ?exclude, "DiffCopy");
         let filter = ContextFilter::new(&include, &exclude)
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?
+            .hide_own(&root, &self.own);
         let walk_root = root.clone();
         let (entries, _skipped) = tokio::task::spawn_blocking(move || walk(&walk_root, &filter))
             .await

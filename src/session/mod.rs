@@ -50,6 +50,7 @@ pub struct Session {
     id: String,
     shared_key: String,
     dirs: Arc<HashMap<String, PathBuf>>,
+    own: Arc<Vec<PathBuf>>,
     keychain: Arc<dyn Keychain>,
 }
 
@@ -74,8 +75,16 @@ impl Session {
             id: new_id(),
             shared_key,
             dirs: Arc::new(dirs),
+            own: Arc::new(Vec::new()),
             keychain,
         }
+    }
+
+    /// Never sends these directories (buildopt's own state) from any local directory, as the hasher leaves them
+    /// out too.
+    pub fn hide_own(mut self, own: Vec<PathBuf>) -> Session {
+        self.own = Arc::new(own);
+        self
     }
 
     /// The session ID (goes into `SolveRequest.Session`).
@@ -107,6 +116,7 @@ impl Session {
             proto::moby::filesync::v1::file_sync_server::FileSyncServer::new(
                 filesync::FileSyncService {
                     dirs: self.dirs.clone(),
+                    own: self.own.clone(),
                 },
             )
             .max_decoding_message_size(MAX_MESSAGE)

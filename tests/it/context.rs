@@ -274,3 +274,21 @@ fn unreadable_file_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn own_cache_dir_is_never_part_of_the_context() {
+    // A service whose context is the workspace root: its .build-cache must not feed its own digest.
+    let t = Tree::new()
+        .file("buildopt.toml", "[services.root]\ncontext = \".\"\n")
+        .file("Dockerfile", "FROM scratch\n")
+        .file("src/a", "");
+    let first = t.digest("root");
+    assert!(t.join(".build-cache").is_dir());
+    assert_eq!(first, t.digest("root"));
+    insta::assert_snapshot!(t.list("root"), @r"
+    Dockerfile
+    buildopt.toml
+    src/
+    src/a
+    ");
+}
