@@ -262,6 +262,51 @@ async fn docker_grpc_upgrade(sock: &Path) -> std::io::Result<Prefixed<UnixStream
     Ok(Prefixed::new(rest, stream))
 }
 
+/// Opens a session on dockerd the way buildx does: `POST /session` upgraded to h2c, with the session metadata as
+/// canonical `X-Docker-Expose-Session-*` headers. After the 101 the daemon is the HTTP/2 client and we serve.
+pub(crate) async fn docker_session_upgrade(
+    sock: &Path,
+    metadata: &[(&str, String)],
+) -> std::io::Result<Prefixed<UnixStream>> {
+    let mut req = String::from(
+        "POST /session HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n",
+    );
+    for (key, value) in metadata {
+        if value.contains(['\r', '\n']) {
+            return Err(std::io::Error::other(format!(
+                "invalid session header value for {key}"
+            )));
+        }
+        req.push_str(&format!("{}: {value}\r\n", canonical_header(key)));
+    }
+    req.push_str("Content-Length: 0\r\n\r\n");
+    let mut stream = UnixStream::connect(sock).await?;
+    stream.write_all(req.as_bytes()).await?;
+    let (status, rest) = read_http_head(&mut stream).await?;
+    if !status.starts_with("HTTP/1.1 101") {
+        return Err(std::io::Error::other(format!(
+            "dockerd refused the session upgrade: {status}"
+        )));
+    }
+    Ok(Prefixed::new(rest, stream))
+}
+
+/// `x-docker-expose-session-uuid` -> `X-Docker-Expose-Session-Uuid` (Go's `http.CanonicalHeaderKey`).
+fn canonical_header(key: &str) -> String {
+    key.split('-')
+        .map(|part| {
+            let mut c = part.chars();
+            match c.next() {
+                Some(first) => {
+                    first.to_ascii_uppercase().to_string() + &c.as_str().to_ascii_lowercase()
+                }
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
 /// Reads an HTTP/1.1 response head; returns its status line and the bytes read past the head.
 pub(crate) async fn read_http_head<S: AsyncRead + Unpin>(
     stream: &mut S,
@@ -342,6 +387,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_headers() {
+        assert_eq!(
+            canonical_header("x-docker-expose-session-grpc-method"),
+            "X-Docker-Expose-Session-Grpc-Method"
+        );
+    }
 
     #[test]
     fn parses_addresses() {

@@ -170,7 +170,8 @@ pub struct PruneSpec {
 #[derive(Debug, Clone)]
 pub struct Client {
     control: ControlClient<Channel>,
-    addr: String,
+    addr: Addr,
+    session_over_control: bool,
 }
 
 impl Client {
@@ -181,12 +182,20 @@ impl Client {
             control: ControlClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-            addr: addr.to_string(),
+            addr: addr.clone(),
+            session_over_control: false,
         })
     }
 
+    /// On dockerd, carry sessions over `Control.Session` too instead of `POST /session` (both reach the same session
+    /// manager; standalone buildkitd always uses `Control.Session`).
+    pub fn session_over_control(mut self, yes: bool) -> Client {
+        self.session_over_control = yes;
+        self
+    }
+
     /// The address this client is connected to.
-    pub fn addr(&self) -> &str {
+    pub fn addr(&self) -> &Addr {
         &self.addr
     }
 
@@ -269,8 +278,15 @@ impl Client {
         Ok(out)
     }
 
-    /// Runs `session` over `Control.Session` until the daemon or we close it. Drop the future to close it.
+    /// Runs `session` until the daemon or we close it; drop the future to close it. On dockerd this is `POST
+    /// /session` (what buildx uses: one HTTP/2 connection on the socket); on buildkitd the `Control.Session` byte pipe.
     pub async fn run_session(&self, session: Session) -> Result<(), SessionError> {
+        if let (Addr::Docker(sock), false) = (&self.addr, self.session_over_control) {
+            let io = conn::docker_session_upgrade(sock, &session.metadata())
+                .await
+                .map_err(|e| SessionError::Connection(Box::new(e)))?;
+            return session.serve(io).await;
+        }
         let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(64);
         let outbound = ReceiverStream::new(out_rx).map(|data| pb::BytesMessage { data });
         let mut req = tonic::Request::new(outbound);

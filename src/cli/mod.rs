@@ -37,8 +37,14 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Err(err) => {
             let mut out = printer.errors();
             let _ = writeln!(out, "error: {err}");
+            // Transport errors often repeat their cause's text; print each distinct line once.
+            let mut last = err.to_string();
             for cause in err.chain().skip(1) {
-                let _ = writeln!(out, "  Caused by: {cause}");
+                let text = cause.to_string();
+                if text != last {
+                    let _ = writeln!(out, "  Caused by: {text}");
+                }
+                last = text;
             }
             commands::status_of(&err).into()
         }

@@ -637,7 +637,8 @@ async fn build_one(
         (LOCAL_CONTEXT.to_owned(), svc.context.clone()),
         (LOCAL_DOCKERFILE.to_owned(), dockerfile_dir),
     ]);
-    let session = Session::new(dirs, opts.keychain.clone(), shared_key(svc)).hide_own(opts.own.clone());
+    let session =
+        Session::new(dirs, opts.keychain.clone(), shared_key(svc)).hide_own(opts.own.clone());
     let session_id = session.id().to_owned();
     let mut spec = solve_spec(svc, &digest, deps, opts);
     // Import the registry cache only when it exists: a missing one is normal on a first build, and BuildKit would

@@ -26,7 +26,11 @@ pub(super) async fn connect(args: &DaemonArgs, ws: Option<&Workspace>) -> anyhow
         key: args.tlskey.clone(),
         server_name: args.tlsservername.clone(),
     };
-    Ok(Client::connect(&addr, &tls).await?)
+    // A debugging and test knob: on dockerd, run the session over Control.Session as with buildkitd.
+    let over_control = std::env::var_os("BUILDOPT_DOCKER_SESSION").is_some_and(|v| v == "control");
+    Ok(Client::connect(&addr, &tls)
+        .await?
+        .session_over_control(over_control))
 }
 
 pub(super) async fn doctor(

@@ -17,8 +17,13 @@ pub(super) fn run(ws: &Workspace, args: &HashArgs, printer: Printer) -> anyhow::
             .find(|s| &s.name == name)
             .expect("select returns the named service");
         let ignore = DockerIgnore::load(&svc.context, &svc.dockerfile)?;
-        let (entries, _) = walk(&svc.context, &ignore.filter()?.hide_own(&svc.context, &super::own_dirs(ws)))
-            .with_context(|| format!("listing service `{name}`"))?;
+        let (entries, _) = walk(
+            &svc.context,
+            &ignore
+                .filter()?
+                .hide_own(&svc.context, &super::own_dirs(ws)),
+        )
+        .with_context(|| format!("listing service `{name}`"))?;
         let mut out = printer.stdout();
         for e in &entries {
             out.write_all(&e.path)?;

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use prost::bytes::Bytes;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
@@ -17,10 +16,11 @@ use crate::buildkit::proto::fsutil::types::{Packet, Stat, packet::PacketType};
 use crate::buildkit::proto::moby::filesync::v1 as pb;
 use crate::context::{ContextFilter, Entry, EntryKind, walk};
 
-/// Read size for DATA packets (Go's `io.CopyBuffer` uses 32 KiB).
-const CHUNK: usize = 32 * 1024;
-/// Files sent at once.
-const FILE_WORKERS: usize = 4;
+/// Read size for DATA packets. Go reads 32 KiB at a time; the receiver takes any size up to the 16 MiB message
+/// limit, and fewer, larger packets cost less per byte.
+const CHUNK: usize = 256 * 1024;
+/// Files read at once (reads of small files mostly wait on the disk).
+const FILE_WORKERS: usize = 16;
 
 /// Go `os.FileMode` bits.
 mod go_mode {
@@ -153,10 +153,10 @@ impl pb::file_sync_server::FileSync for FileSyncService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(format!("{e}")))?;
 
-        let mut files: HashMap<u32, PathBuf> = HashMap::new();
+        let mut files: HashMap<u32, (PathBuf, u64)> = HashMap::new();
         for (id, e) in entries.iter().enumerate() {
             if e.kind == EntryKind::File {
-                files.insert(id as u32, e.abs_path(&root));
+                files.insert(id as u32, (e.abs_path(&root), e.size));
             }
         }
         let (tx, rx) = mpsc::channel(128);
@@ -204,7 +204,7 @@ fn follow_targets(root: &std::path::Path, paths: &[String]) -> Vec<String> {
 
 async fn transfer(
     entries: Vec<Entry>,
-    files: HashMap<u32, PathBuf>,
+    files: HashMap<u32, (PathBuf, u64)>,
     mut inbound: Streaming<Packet>,
     tx: mpsc::Sender<Result<Packet, Status>>,
 ) {
@@ -240,7 +240,7 @@ async fn transfer(
             };
             match PacketType::try_from(p.r#type) {
                 Ok(PacketType::PacketReq) => {
-                    let Some(path) = files.remove(&p.id) else {
+                    let Some((path, size)) = files.remove(&p.id) else {
                         let _ = tx
                             .send(Err(Status::invalid_argument(format!(
                                 "invalid file id {}",
@@ -252,7 +252,7 @@ async fn transfer(
                     let (tx, limit) = (tx.clone(), limit.clone());
                     senders.spawn(async move {
                         let _permit = limit.acquire_owned().await;
-                        send_file(p.id, path, tx).await;
+                        send_file(p.id, path, size, tx).await;
                     });
                 }
                 Ok(PacketType::PacketFin) => {
@@ -282,43 +282,58 @@ async fn transfer(
     tokio::join!(stats, requests);
 }
 
-async fn send_file(id: u32, path: PathBuf, tx: mpsc::Sender<Result<Packet, Status>>) {
+async fn send_file(id: u32, path: PathBuf, size: u64, tx: mpsc::Sender<Result<Packet, Status>>) {
     let data = |bytes: Bytes| Packet {
         r#type: PacketType::PacketData as i32,
         id,
         data: bytes,
         ..Packet::default()
     };
-    match tokio::fs::File::open(&path).await {
-        Ok(mut f) => loop {
-            let mut buf = vec![0u8; CHUNK];
-            match f.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if tx.send(Ok(data(Bytes::from(buf)))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let err = Packet {
-                        r#type: PacketType::PacketErr as i32,
-                        data: Bytes::from(format!("read {}: {e}", path.display())),
-                        ..Packet::default()
-                    };
-                    let _ = tx.send(Ok(err)).await;
-                    let _ = tx
-                        .send(Err(Status::internal(format!(
-                            "read {}: {e}",
-                            path.display()
-                        ))))
-                        .await;
+    // Reads run on the blocking pool: a file that fits one chunk (most of a source tree) in a single hop, larger
+    // ones a chunk per hop so memory stays bounded.
+    let mut file: Option<std::sync::Arc<std::fs::File>> = None;
+    loop {
+        let (path2, f) = (path.clone(), file.clone());
+        let chunk = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let f = match f {
+                Some(f) => f,
+                None => std::sync::Arc::new(std::fs::File::open(&path2)?),
+            };
+            let mut buf = Vec::with_capacity(CHUNK.min(usize::try_from(size).unwrap_or(CHUNK)) + 1);
+            (&*f).take(CHUNK as u64).read_to_end(&mut buf)?;
+            Ok::<_, std::io::Error>((f, buf))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match chunk {
+            Ok((f, buf)) => {
+                let last = buf.len() < CHUNK;
+                if !buf.is_empty() && tx.send(Ok(data(Bytes::from(buf)))).await.is_err() {
                     return;
                 }
+                if last {
+                    break;
+                }
+                file = Some(f);
             }
-        },
-        // As in fsutil: a file that cannot be opened is sent empty.
-        Err(e) => tracing::warn!("cannot open {} for sending: {e}", path.display()),
+            // As in fsutil: a file that cannot be opened is sent empty.
+            Err(e) if file.is_none() => {
+                tracing::warn!("cannot open {} for sending: {e}", path.display());
+                break;
+            }
+            Err(e) => {
+                let msg = format!("read {}: {e}", path.display());
+                let err = Packet {
+                    r#type: PacketType::PacketErr as i32,
+                    data: Bytes::from(msg.clone()),
+                    ..Packet::default()
+                };
+                let _ = tx.send(Ok(err)).await;
+                let _ = tx.send(Err(Status::internal(msg))).await;
+                return;
+            }
+        }
     }
     // End of file: a DATA packet with empty data.
     let _ = tx.send(Ok(data(Bytes::new()))).await;

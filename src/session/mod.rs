@@ -283,7 +283,7 @@ mod pipe_tests {
         let root = dir.path();
         std::fs::create_dir_all(root.join("a/sub")).unwrap();
         std::fs::create_dir_all(root.join("node_modules/keep")).unwrap();
-        std::fs::write(root.join("a/sub/big.bin"), vec![7u8; 100_000]).unwrap();
+        std::fs::write(root.join("a/sub/big.bin"), vec![7u8; 600_000]).unwrap();
         std::fs::write(root.join("a-b"), "x").unwrap();
         std::fs::write(root.join("node_modules/drop.js"), "").unwrap();
         std::fs::write(root.join("node_modules/keep/k.js"), "k").unwrap();
@@ -357,14 +357,18 @@ mod pipe_tests {
         while done < 2 {
             let p = stream.message().await.unwrap().unwrap();
             assert_eq!(p.r#type, PacketType::PacketData as i32);
-            assert!(p.data.len() <= 32 * 1024);
+            assert!(p.data.len() <= 256 * 1024);
             if p.data.is_empty() {
                 done += 1;
             } else {
                 data.entry(p.id).or_default().extend_from_slice(&p.data);
             }
         }
-        assert_eq!(data[&2].len(), 100_000);
+        assert_eq!(
+            data[&2].len(),
+            600_000,
+            "a file larger than one chunk arrives whole"
+        );
         assert_eq!(data[&7], b"k");
         tx.send(Packet {
             r#type: PacketType::PacketFin as i32,

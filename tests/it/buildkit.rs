@@ -286,3 +286,27 @@ fn doctor_and_du_talk_to_the_daemon() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("total:"));
 }
+
+/// The session carried over `Control.Session` (as with standalone buildkitd) instead of dockerd's `POST /session`.
+#[test]
+fn session_over_control_session_works_too() {
+    let s = Services::get();
+    let repo = unique_repo("control-session");
+    let t =
+        Tree::buildable(&repo, "FROM scratch\nCOPY . /ctx/\n").file("app/x", "over the byte pipe");
+    let _shared = daemon_lock().read().unwrap_or_else(|p| p.into_inner());
+    let out = t
+        .cmd()
+        .env("BUILDOPT_DOCKER_SESSION", "control")
+        .args(["--progress", "plain", "build"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let layers = s.manifest(&repo, "latest").unwrap()["layers"].clone();
+    let listing = s.layer_listing(&repo, layers[0]["digest"].as_str().unwrap());
+    assert!(listing.iter().any(|l| l.ends_with(" ctx/x")), "{listing:?}");
+}

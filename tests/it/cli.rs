@@ -109,7 +109,8 @@ fn record(t: &Tree) {
     let store = StateStore::new(&t.join(".build-cache"));
     let mut deps = std::collections::BTreeMap::new();
     for svc in &ws.services {
-        let inputs = hash_service(svc, &deps, &Index::disabled(), &[t.join(".build-cache")]).unwrap();
+        let inputs =
+            hash_service(svc, &deps, &Index::disabled(), &[t.join(".build-cache")]).unwrap();
         deps.insert(svc.name.clone(), inputs.digest);
         store.save(&svc.name, &ServiceState::of(&inputs)).unwrap();
     }
