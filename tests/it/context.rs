@@ -292,3 +292,32 @@ fn own_cache_dir_is_never_part_of_the_context() {
     src/a
     ");
 }
+
+#[test]
+fn example_repository_contexts_match_their_golden_lists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shop");
+    for service in ["backend", "frontend"] {
+        let out = assert_cmd::Command::cargo_bin("buildopt")
+            .unwrap()
+            .arg("--config")
+            .arg(root.join("buildopt.toml"))
+            .args(["hash", "--list", service])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut files: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.ends_with('/'))
+            .map(str::to_owned)
+            .collect();
+        files.sort();
+        let expected =
+            std::fs::read_to_string(root.join(format!("expected-context/{service}.txt"))).unwrap();
+        assert_eq!(files, expected.lines().collect::<Vec<_>>(), "{service}");
+    }
+}
