@@ -79,6 +79,8 @@ impl Keychain for StaticKeychain {
 #[derive(Debug, Clone)]
 pub struct DockerConfigKeychain {
     path: Option<PathBuf>,
+    /// Where `docker-credential-*` programs are; None: `$PATH`, as for the docker CLI.
+    helpers_dir: Option<PathBuf>,
 }
 
 impl DockerConfigKeychain {
@@ -89,6 +91,7 @@ impl DockerConfigKeychain {
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
         DockerConfigKeychain {
             path: dir.map(|d| d.join("config.json")),
+            helpers_dir: None,
         }
     }
 }
@@ -109,38 +112,150 @@ impl Keychain for DockerConfigKeychain {
                 });
             }
         };
-        let bad = |reason: &str| AuthError::DockerConfig {
+        let bad = |reason: String| AuthError::DockerConfig {
             path: path.clone(),
-            reason: reason.to_owned(),
+            reason,
         };
         let config: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| bad("not valid JSON"))?;
-        let Some(auths) = config.get("auths").and_then(|a| a.as_object()) else {
+            serde_json::from_slice(&bytes).map_err(|_| bad("not valid JSON".to_owned()))?;
+        // As the docker CLI: a per-registry credential helper, else the default store, else `auths`.
+        let helper = config
+            .get("credHelpers")
+            .and_then(|h| h.as_object())
+            .and_then(|h| h.iter().find(|(k, _)| key_host(k) == host))
+            .and_then(|(_, v)| v.as_str())
+            .or_else(|| config.get("credsStore").and_then(|v| v.as_str()))
+            .filter(|h| !h.is_empty());
+        if let Some(helper) = helper {
+            return credential_helper(self.helpers_dir.as_deref(), helper, host)
+                .await
+                .map_err(bad);
+        }
+        let entry = config
+            .get("auths")
+            .and_then(|a| a.as_object())
+            .and_then(|a| a.iter().find(|(k, _)| key_host(k) == host));
+        let Some(auth) = entry
+            .and_then(|(_, e)| e.get("auth"))
+            .and_then(|a| a.as_str())
+        else {
             return Ok(None);
         };
-        // Keys may be bare hosts or URLs (`https://index.docker.io/v1/`).
-        let entry = auths.iter().find(|(k, _)| {
-            let k = k
-                .trim_start_matches("https://")
-                .trim_start_matches("http://");
-            k.split('/').next() == Some(host)
-        });
-        let Some((_, entry)) = entry else {
-            return Ok(None);
-        };
-        let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) else {
-            return Ok(None);
-        };
-        let decoded = base64_decode(auth).ok_or_else(|| bad("an `auth` entry is not base64"))?;
-        let decoded =
-            String::from_utf8(decoded).map_err(|_| bad("an `auth` entry is not UTF-8"))?;
-        let (user, secret) = decoded
-            .split_once(':')
-            .ok_or_else(|| bad("an `auth` entry is not `user:password`"))?;
+        let decoded = base64_decode(auth)
+            .and_then(|d| String::from_utf8(d).ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "the `auth` entry for {host} is not base64 of UTF-8 text"
+                ))
+            })?;
+        let (user, secret) = decoded.split_once(':').ok_or_else(|| {
+            bad(format!(
+                "the `auth` entry for {host} is not `user:password`"
+            ))
+        })?;
         Ok(Some(Credential {
             username: user.to_owned(),
             secret: Secret::new(secret),
         }))
+    }
+}
+
+/// The host of a docker config key: keys may be bare hosts or URLs (`https://index.docker.io/v1/`).
+fn key_host(key: &str) -> &str {
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    k.split('/').next().unwrap_or(k)
+}
+
+/// Runs `docker-credential-<helper> get` with the host on stdin, as the docker CLI does. "Not found" is anonymous.
+async fn credential_helper(
+    dir: Option<&std::path::Path>,
+    helper: &str,
+    host: &str,
+) -> Result<Option<Credential>, String> {
+    use tokio::io::AsyncWriteExt;
+    let program = format!("docker-credential-{helper}");
+    let exe = dir.map_or_else(|| PathBuf::from(&program), |d| d.join(&program));
+    let mut child = tokio::process::Command::new(exe)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run credential helper `{program}`: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(host.as_bytes())
+            .await
+            .map_err(|e| format!("`{program}`: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("`{program}`: {e}"))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if msg.contains("credentials not found") {
+            return Ok(None);
+        }
+        // The helper's own words, never its stdout on success (that holds the secret).
+        return Err(format!(
+            "credential helper `{program}` failed for {host}: {}",
+            msg.trim()
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct HelperOutput {
+        username: String,
+        secret: String,
+    }
+    let parsed: HelperOutput = serde_json::from_slice(&out.stdout).map_err(|_| {
+        format!("credential helper `{program}` did not print {{\"Username\", \"Secret\"}} JSON")
+    })?;
+    Ok(Some(Credential {
+        username: parsed.username,
+        secret: Secret::new(parsed.secret),
+    }))
+}
+
+/// Credentials from the environment for one registry host: `BUILDOPT_REGISTRY_USERNAME` and
+/// `BUILDOPT_REGISTRY_PASSWORD` (both must be set).
+#[derive(Debug, Clone)]
+pub struct EnvKeychain {
+    host: String,
+    credential: Option<Credential>,
+}
+
+/// The environment variables [`EnvKeychain`] reads.
+pub const ENV_USERNAME: &str = "BUILDOPT_REGISTRY_USERNAME";
+/// See [`ENV_USERNAME`].
+pub const ENV_PASSWORD: &str = "BUILDOPT_REGISTRY_PASSWORD";
+
+impl EnvKeychain {
+    /// Reads the environment, answering for `host`.
+    pub fn from_env(host: &str) -> EnvKeychain {
+        let credential = match (std::env::var(ENV_USERNAME), std::env::var(ENV_PASSWORD)) {
+            (Ok(u), Ok(p)) if !u.is_empty() && !p.is_empty() => Some(Credential {
+                username: u,
+                secret: Secret::new(p),
+            }),
+            _ => None,
+        };
+        EnvKeychain {
+            host: host.to_owned(),
+            credential,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Keychain for EnvKeychain {
+    async fn resolve(&self, host: &str) -> Result<Option<Credential>, AuthError> {
+        Ok(self.credential.clone().filter(|_| host == self.host))
     }
 }
 
@@ -220,10 +335,49 @@ mod tests {
         .unwrap();
         let k = DockerConfigKeychain {
             path: Some(dir.path().join("config.json")),
+            helpers_dir: None,
         };
         let c = k.resolve("127.0.0.1:5002").await.unwrap().unwrap();
         assert_eq!((c.username.as_str(), c.secret.expose()), ("AWS", "pw"));
         assert!(k.resolve("index.docker.io").await.unwrap().is_some());
         assert!(k.resolve("other").await.unwrap().is_none());
+    }
+
+    /// A real credential helper program (the protocol is stdin host -> stdout JSON), on PATH.
+    #[tokio::test]
+    async fn docker_config_credential_helpers() {
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("docker-credential-buildopttest");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\nread host\nif [ \"$host\" = reg.example ]; then printf '{\"ServerURL\":\"%s\",\"Username\":\"u\",\"Secret\":\"s3\"}' \"$host\"; else echo 'credentials not found in native keychain'; exit 1; fi\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.path().join("config.json"), r#"{"credHelpers":{"reg.example":"buildopttest"},"auths":{"reg.example":{"auth":"eDp5"}}}"#).unwrap();
+        let k = DockerConfigKeychain {
+            path: Some(dir.path().join("config.json")),
+            helpers_dir: Some(dir.path().to_owned()),
+        };
+        let c = k.resolve("reg.example").await.unwrap().unwrap();
+        assert_eq!((c.username.as_str(), c.secret.expose()), ("u", "s3"));
+
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"credsStore":"buildopttest"}"#,
+        )
+        .unwrap();
+        assert!(k.resolve("other.example").await.unwrap().is_none());
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"credsStore":"missing-helper"}"#,
+        )
+        .unwrap();
+        let err = k.resolve("x").await.unwrap_err().to_string();
+        assert!(
+            err.contains("cannot run credential helper `docker-credential-missing-helper`"),
+            "{err}"
+        );
     }
 }

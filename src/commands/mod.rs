@@ -198,7 +198,7 @@ async fn registry_setup(
     use std::io::Write;
     use std::sync::Arc;
 
-    use crate::auth::{DockerConfigKeychain, Keychain, MultiKeychain};
+    use crate::auth::{DockerConfigKeychain, EnvKeychain, Keychain, MultiKeychain};
     use crate::registry::ecr::{AwsEcr, EcrApi, EcrKeychain, RepositoryState, region_of_host};
 
     let mut chain: Vec<Box<dyn Keychain>> = Vec::new();
@@ -250,6 +250,7 @@ async fn registry_setup(
         }
         chain.push(Box::new(EcrKeychain::new(api, registry.host())));
     }
+    chain.push(Box::new(EnvKeychain::from_env(registry.host())));
     chain.push(Box::new(DockerConfigKeychain::from_env()));
     let keychain: Arc<dyn Keychain> = Arc::new(MultiKeychain(chain));
     let client = crate::registry::RegistryClient::new(registry, keychain.clone())?;

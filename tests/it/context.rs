@@ -321,3 +321,22 @@ fn example_repository_contexts_match_their_golden_lists() {
         assert_eq!(files, expected.lines().collect::<Vec<_>>(), "{service}");
     }
 }
+
+#[test]
+fn gitignore_is_not_applied_and_hidden_files_are_included() {
+    let t = Tree::new()
+        .app()
+        .file("app/.gitignore", "secret.env\nbuild/\n")
+        .file("app/secret.env", "")
+        .file("app/build/out", "")
+        .file("app/.hidden/x", "");
+    insta::assert_snapshot!(t.list("app"), @r"
+    .gitignore
+    .hidden/
+    .hidden/x
+    Dockerfile
+    build/
+    build/out
+    secret.env
+    ");
+}

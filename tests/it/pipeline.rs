@@ -455,3 +455,46 @@ fn immutable_ecr_repository_gets_a_warning() {
         "{err}"
     );
 }
+
+/// Credentials from the environment reach both the registry client and, through the session, BuildKit (which
+/// pulls the base image from and pushes to a registry that requires them).
+#[test]
+fn environment_credentials_for_a_password_registry() {
+    let s = Services::get();
+    let repo = unique_repo("p-envcreds");
+    let t = Tree::new()
+        .file(
+            "buildopt.toml",
+            format!(
+                "[registry]\nurl = \"{}\"\ninsecure = true\n[buildkit]\naddr = \"{}\"\nnetwork = \"host\"\n[services.app]\ncontext = \"app\"\nimage = \"{repo}\"\n",
+                s.auth_registry(),
+                s.buildkit_addr
+            ),
+        )
+        .file("app/Dockerfile", format!("FROM {}\nRUN echo env > /creds\n", s.auth_base_image()))
+        .dir("home");
+    let run = |password: &str| {
+        let out = t
+            .cmd()
+            .env("HOME", t.join("home"))
+            .env_remove("DOCKER_CONFIG")
+            .env("BUILDOPT_REGISTRY_USERNAME", "AWS")
+            .env("BUILDOPT_REGISTRY_PASSWORD", password)
+            .args(["--progress", "plain", "-vv", "build"])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&crate::common::env_or_file("BUILDOPT_TEST_AUTH_PASSWORD"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        summary(&err).contains(&("built".to_owned(), "app".to_owned())),
+        "{err}"
+    );
+    let (code, err) = run("wrong-password");
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("wrong-password"), "secret in output: {err}");
+}

@@ -344,7 +344,7 @@ impl Services {
     }
 }
 
-fn env_or_file(k: &str) -> String {
+pub fn env_or_file(k: &str) -> String {
     std::env::var(k).ok().unwrap_or_else(|| {
         std::fs::read_to_string("/run/buildopt-test/env")
             .unwrap_or_default()
