@@ -296,6 +296,9 @@ fn ecr_token_repositories_and_a_second_run_that_skips() {
         .file("app/f", "ecr")
         .dir("home");
     let run = |t: &Tree, args: &[&str]| {
+        let _shared = crate::common::daemon_lock()
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let out = t
             .cmd()
             .env("HOME", t.join("home"))
@@ -474,6 +477,9 @@ fn environment_credentials_for_a_password_registry() {
         .file("app/Dockerfile", format!("FROM {}\nRUN echo env > /creds\n", s.auth_base_image()))
         .dir("home");
     let run = |password: &str| {
+        let _shared = crate::common::daemon_lock()
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let out = t
             .cmd()
             .env("HOME", t.join("home"))
