@@ -132,29 +132,15 @@ fn registry_cache_is_an_oci_image_manifest_and_survives_a_pruned_daemon() {
 
     // On an emptied daemon, a forced rebuild either gets the RUN step from the registry cache or runs it again.
     let rebuild_pruned = |cache_from: &str| {
-        let out = t.cmd().args(["prune", "--all"]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = t
-            .cmd()
-            .args([
-                "--progress",
-                "plain",
-                "build",
-                "--force",
-                "--cache-from",
-                cache_from,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        t.run_ok(&["prune", "--all"]);
+        t.run_ok(&[
+            "--progress",
+            "plain",
+            "build",
+            "--force",
+            "--cache-from",
+            cache_from,
+        ]);
         s.manifest(&repo, "latest").unwrap()
     };
     let _exclusive = daemon_lock().write().unwrap_or_else(|p| p.into_inner());
@@ -222,38 +208,23 @@ fn dependency_failure_skips_dependents_but_not_others() {
 #[test]
 fn unreachable_daemon_is_a_clear_error() {
     let t = Tree::new().app();
-    let out = t
-        .cmd()
-        .args(["build", "--addr", "unix:///nonexistent/buildkitd.sock"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = t.run(&["build", "--addr", "unix:///nonexistent/buildkitd.sock"]);
+    assert_eq!(code, 1);
     assert!(
         err.contains("cannot connect to BuildKit at unix:///nonexistent/buildkitd.sock: check that buildkitd is running"),
         "{err}"
     );
-
-    let out = t
-        .cmd()
-        .args(["doctor", "--addr", "tcp://127.0.0.1:1"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let (code, _, err) = t.run(&["doctor", "--addr", "tcp://127.0.0.1:1"]);
+    assert_eq!(code, 1);
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("cannot connect to BuildKit at tcp://127.0.0.1:1")
+        err.contains("cannot connect to BuildKit at tcp://127.0.0.1:1"),
+        "{err}"
     );
-
-    let out = t
-        .cmd()
-        .args(["doctor", "--addr", "http://127.0.0.1:1"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let (code, _, err) = t.run(&["doctor", "--addr", "http://127.0.0.1:1"]);
+    assert_eq!(code, 2);
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("unsupported BuildKit address `http://127.0.0.1:1`")
+        err.contains("unsupported BuildKit address `http://127.0.0.1:1`"),
+        "{err}"
     );
 }
 
@@ -261,30 +232,13 @@ fn unreachable_daemon_is_a_clear_error() {
 fn doctor_and_du_talk_to_the_daemon() {
     let s = Services::get();
     let t = Tree::new();
-    let out = t
-        .cmd()
-        .args(["doctor", "--addr", &s.buildkit_addr])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = t.run_ok(&["doctor", "--addr", &s.buildkit_addr]);
     assert!(text.contains("version:"), "{text}");
     assert!(text.contains("platforms: linux/"), "{text}");
-    let out = t
-        .cmd()
-        .args(["du", "--addr", &s.buildkit_addr])
-        .output()
-        .unwrap();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        t.run_ok(&["du", "--addr", &s.buildkit_addr])
+            .contains("total:")
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("total:"));
 }
 
 /// The session carried over `Control.Session` (as with standalone buildkitd) instead of dockerd's `POST /session`.

@@ -84,30 +84,31 @@ impl Tree {
         cmd
     }
 
+    /// Runs buildopt here with `args`; returns (exit code, stdout, stderr), the output as lossy UTF-8.
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.cmd().args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs buildopt here with `args`, which must succeed; returns stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "buildopt {args:?} failed: {err}");
+        out
+    }
+
     /// `buildopt hash --list SERVICE`, one entry per line (lossy UTF-8).
     pub fn list(&self, service: &str) -> String {
-        let out = self
-            .cmd()
-            .args(["hash", "--list", service])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.run_ok(&["hash", "--list", service])
     }
 
     /// The digest `buildopt hash SERVICE` prints.
     pub fn digest(&self, service: &str) -> String {
-        let out = self.cmd().args(["hash", service]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
+        let text = self.run_ok(&["hash", service]);
         let (name, digest) = text.trim().split_once(' ').unwrap();
         assert_eq!(name, service);
         assert_eq!(digest.len(), 64);
@@ -296,17 +297,7 @@ impl Tree {
     /// `buildopt build` with plain progress; returns (exit code, stdout, stderr).
     pub fn build(&self, args: &[&str]) -> (i32, String, String) {
         let _shared = daemon_lock().read().unwrap_or_else(|p| p.into_inner());
-        let out = self
-            .cmd()
-            .args(["--progress", "plain", "build"])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.run(&[&["--progress", "plain", "build"], args].concat())
     }
 }
 
