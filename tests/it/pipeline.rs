@@ -82,6 +82,14 @@ fn a_change_rebuilds_the_service_and_its_dependents_only() {
     let other_latest = s.manifest(&other, "latest").unwrap();
 
     std::fs::write(t.join("base/base.txt"), "base v2\n").unwrap();
+    // The registry decides; the local state of the last build says what changed.
+    let plan = t.run_ok(&["plan"]);
+    assert!(plan.contains("build: no image for inputs"), "{plan}");
+    assert!(
+        plan.contains("since the last local build: 1 file changed: base.txt"),
+        "{plan}"
+    );
+    assert!(plan.contains("dependency `base` changed"), "{plan}");
     let (code, _, err) = t.build(&[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -503,4 +511,32 @@ fn environment_credentials_for_a_password_registry() {
     let (code, err) = run("wrong-password");
     assert_eq!(code, 2, "{err}");
     assert!(!err.contains("wrong-password"), "secret in output: {err}");
+}
+
+#[test]
+fn json_progress_is_one_object_per_line_on_stdout() {
+    let repo = unique_repo("p-json");
+    let t = Tree::buildable(&repo, "FROM scratch\nCOPY f /\n").file("app/f", "x");
+    let _shared = crate::common::daemon_lock()
+        .read()
+        .unwrap_or_else(|p| p.into_inner());
+    let (code, out, err) = t.run(&["--progress", "json", "build"]);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(events.iter().all(|e| e["service"] == "app"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "vertex" && e["state"] == "done"),
+        "{out}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "result" && e["ok"] == true),
+        "{out}"
+    );
 }
