@@ -264,3 +264,59 @@ fn session_over_control_session_works_too() {
     let listing = s.layer_listing(&repo, layers[0]["digest"].as_str().unwrap());
     assert!(listing.iter().any(|l| l.ends_with(" ctx/x")), "{listing:?}");
 }
+
+/// `tcp://` with mutual TLS reaches the real BuildKit: a TLS terminator (what stunnel or a load balancer would be
+/// in front of a buildkitd) checks the client certificate and forwards to dockerd's BuildKit.
+#[test]
+fn mtls_tcp_address_reaches_buildkit() {
+    let s = Services::get();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = crate::common::tls::Certs::generate(dir.path());
+    let proxy = crate::common::tls::Terminator::start(&certs, std::path::Path::new(&s.docker_sock));
+    let t = Tree::new();
+    let addr = format!("tcp://127.0.0.1:{}", proxy.port);
+    let (ca, cert, key) = (
+        certs.ca.to_str().unwrap(),
+        certs.client.to_str().unwrap(),
+        certs.client_key.to_str().unwrap(),
+    );
+    let tls = [
+        "--tlscacert",
+        ca,
+        "--tlscert",
+        cert,
+        "--tlskey",
+        key,
+        "--tlsservername",
+        "buildkitd",
+    ];
+    let text = t.run_ok(&[&["doctor", "--addr", &addr][..], &tls].concat());
+    assert!(text.contains("platforms: linux/"), "{text}");
+
+    // Without a client certificate the terminator refuses the connection.
+    let (code, _, err) = t.run(&[
+        "doctor",
+        "--addr",
+        &addr,
+        "--tlscacert",
+        ca,
+        "--tlsservername",
+        "buildkitd",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot connect to BuildKit at {addr}"))
+            || err.contains("Info failed"),
+        "{err}"
+    );
+    // And the daemon's certificate is checked against the CA and the server name.
+    let (code, _, err) = t.run(
+        &[
+            &["doctor", "--addr", &addr][..],
+            &tls[..6],
+            &["--tlsservername", "wrong-name"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 1, "{err}");
+}

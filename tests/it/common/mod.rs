@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
