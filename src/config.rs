@@ -143,6 +143,11 @@ impl Registry {
         self.url.split('/').next().unwrap_or(&self.url)
     }
 
+    /// `url/repo:tag`.
+    pub fn reference(&self, repo: &str, tag: &str) -> String {
+        format!("{}/{repo}:{tag}", self.url)
+    }
+
     /// Whether this registry is ECR, resolving `auto` from the host name.
     pub fn is_ecr(&self) -> bool {
         match self.ecr {

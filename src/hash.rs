@@ -139,8 +139,7 @@ pub fn hash_service(
     index: &Index,
     own: &[PathBuf],
 ) -> Result<ServiceInputs, HashError> {
-    let ignore = DockerIgnore::load(&svc.context, &svc.dockerfile)?;
-    let (entries, skipped) = walk(&svc.context, &ignore.filter()?.hide_own(&svc.context, own))?;
+    let (ignore, entries, skipped) = select_context(svc, own)?;
     let contents = hash_contents(&svc.context, &entries, index)?;
     let entry_digests: Vec<Digest> = entries
         .iter()
@@ -181,6 +180,17 @@ pub fn hash_service(
         deps: own_deps,
         skipped,
     })
+}
+
+/// The context of `svc` as BuildKit gets it: its `.dockerignore`, the kept entries in send order, and the special
+/// files left out. `own` are buildopt's state directories, never part of a context.
+pub fn select_context(
+    svc: &Service,
+    own: &[PathBuf],
+) -> Result<(DockerIgnore, Vec<Entry>, Vec<Skipped>), ContextError> {
+    let ignore = DockerIgnore::load(&svc.context, &svc.dockerfile)?;
+    let (entries, skipped) = walk(&svc.context, &ignore.filter()?.hide_own(&svc.context, own))?;
+    Ok((ignore, entries, skipped))
 }
 
 fn params_digest(svc: &Service) -> Digest {

@@ -18,6 +18,16 @@ pub enum Decision {
     Skip,
 }
 
+impl Decision {
+    /// `build` or `skip`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Build => "build",
+            Decision::Skip => "skip",
+        }
+    }
+}
+
 /// The decision for one service.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServicePlan {
@@ -145,15 +155,29 @@ pub fn short_image(digest: &str) -> String {
     digest.chars().take("sha256:".len() + 12).collect()
 }
 
-/// Decides against the local state only: skip when the last build recorded here had the same digest.
-pub fn plan_local(
+/// Registry lookups at once.
+const LOOKUPS: usize = 8;
+
+/// Decides for each service (with its inputs, dependencies first) from the registry, looking the content tags up
+/// in parallel; the local state adds what changed.
+pub async fn plan_remote(
+    registry: &RegistryClient,
     services: &[&Service],
     inputs: &[ServiceInputs],
     store: &StateStore,
-) -> Vec<ServicePlan> {
+    check_cache: bool,
+    force: bool,
+) -> Result<Vec<ServicePlan>, RegistryError> {
+    use futures::StreamExt;
+    let remote = futures::stream::iter(services.iter().zip(inputs))
+        .map(|(svc, inp)| lookup_remote(registry, svc, &inp.digest, check_cache))
+        .buffered(LOOKUPS)
+        .collect::<Vec<_>>()
+        .await;
     services
         .iter()
         .zip(inputs)
-        .map(|(svc, inp)| decide(svc, inp, None, store, false))
+        .zip(remote)
+        .map(|((svc, inp), r)| Ok(decide(svc, inp, Some(&r?), store, force)))
         .collect()
 }

@@ -17,7 +17,7 @@ use crate::buildkit::{CacheEntry, Client, ExporterSpec, SolveSpec};
 use crate::cli::args::{BuildArgs, CacheMode, NetworkMode, ProgressMode};
 use crate::config::{Registry, Service, Workspace};
 use crate::hash::{Digest, ServiceInputs};
-use crate::plan::{Decision, ServicePlan, decide, lookup_remote, short_image};
+use crate::plan::{Decision, ServicePlan, plan_remote, short_image};
 use crate::printer::Printer;
 use crate::progress::{Progress, ServiceProgress};
 use crate::registry::{RegistryClient, RegistryError, content_tag};
@@ -26,8 +26,6 @@ use crate::state::{ServiceState, StateStore};
 
 /// How long the status stream may keep draining after the solve returned.
 const STATUS_DRAIN: Duration = Duration::from_secs(5);
-/// Registry lookups at once.
-const LOOKUPS: usize = 8;
 
 /// Options that are the same for every service of a run.
 struct RunOptions {
@@ -90,10 +88,7 @@ pub(super) fn run(
         });
     let push = !args.no_push;
     let store = StateStore::new(&ws.root.join(CACHE_DIR));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
+    let result = super::block_on(async {
         let (keychain, client) = registry_setup(
             &registry,
             args.ecr_endpoint.as_deref(),
@@ -113,16 +108,15 @@ pub(super) fn run(
             own: super::own_dirs(ws),
         });
         let check_cache = push && args.cache_to == CacheMode::Registry;
-        let lookups = futures::stream::iter(services.iter().zip(&inputs))
-            .map(|(svc, inp)| lookup_remote(&opts.client, svc, &inp.digest, check_cache))
-            .buffered(LOOKUPS)
-            .collect::<Vec<_>>()
-            .await;
-        let mut plans = Vec::new();
-        for ((svc, inp), remote) in services.iter().zip(&inputs).zip(lookups) {
-            let remote = remote?;
-            plans.push(decide(svc, inp, Some(&remote), &store, args.force));
-        }
+        let plans = plan_remote(
+            &opts.client,
+            &refs,
+            &inputs,
+            &store,
+            check_cache,
+            args.force,
+        )
+        .await?;
         report_plan(printer, &plans)?;
         if args.dry_run {
             return Ok::<_, anyhow::Error>(Some((plans, HashMap::new())));
@@ -144,8 +138,6 @@ pub(super) fn run(
             _ = tokio::signal::ctrl_c() => Ok(None),
         }
     });
-    // Pending pushes or RPCs must not hold the exit (the daemon cancels a build whose Solve call is gone).
-    runtime.shutdown_background();
     let Some((plans, outcomes)) = result? else {
         writeln!(
             printer.errors(),
@@ -238,11 +230,13 @@ fn report_plan(printer: Printer, plans: &[ServicePlan]) -> std::io::Result<()> {
     let mut out = printer.stderr();
     let width = plans.iter().map(|p| p.service.len()).max().unwrap_or(0);
     for p in plans {
-        let verb = match p.decision {
-            Decision::Build => "build",
-            Decision::Skip => "skip ",
-        };
-        writeln!(out, "{verb} {:width$}  {}", p.service, p.reason)?;
+        writeln!(
+            out,
+            "{:5} {:width$}  {}",
+            p.decision.as_str(),
+            p.service,
+            p.reason
+        )?;
     }
     Ok(())
 }
@@ -258,7 +252,7 @@ fn service_metadata(
     let names: Vec<String> = svc
         .tags
         .iter()
-        .map(|t| format!("{}/{}:{t}", registry.url, svc.image))
+        .map(|t| registry.reference(&svc.image, t))
         .collect();
     let (decision, image, elapsed, error, ratio) = match outcome {
         Outcome::Built {
@@ -302,7 +296,7 @@ fn service_metadata(
         "buildopt.decision": decision,
         "buildopt.reason": plan.reason,
         "buildopt.input-digest": inp.digest.to_string(),
-        "buildopt.content-tag": push.then(|| format!("{}/{}:{}", registry.url, svc.image, content_tag(&inp.digest))),
+        "buildopt.content-tag": push.then(|| registry.reference(&svc.image, &content_tag(&inp.digest))),
         "buildopt.tags": svc.tags,
         "buildopt.duration-ms": elapsed.map(|d| d.as_millis() as u64),
         "buildopt.cache-hit-ratio": ratio,
@@ -496,11 +490,6 @@ async fn schedule(
     }
 }
 
-/// `registry/image:tag`.
-fn image_ref(registry: &Registry, image: &str, tag: &str) -> String {
-    format!("{}/{image}:{tag}", registry.url)
-}
-
 /// A stable key per machine and context, so the daemon can reuse the previous upload of this context.
 fn shared_key(svc: &Service) -> String {
     let machine = std::fs::read("/etc/machine-id").unwrap_or_default();
@@ -545,7 +534,7 @@ fn solve_spec(
         attrs.insert(format!("context:{}/{}", reg.url, dep.image), pinned.clone());
         for tag in &dep.tags {
             attrs.insert(
-                format!("context:{}", image_ref(reg, &dep.image, tag)),
+                format!("context:{}", reg.reference(&dep.image, tag)),
                 pinned.clone(),
             );
         }
@@ -563,11 +552,11 @@ fn solve_spec(
     }
     // Pushing: only the content tag; the requested tags are moved after the build succeeded.
     let names: Vec<String> = if opts.push {
-        vec![image_ref(reg, &svc.image, &content_tag(digest))]
+        vec![reg.reference(&svc.image, &content_tag(digest))]
     } else {
         svc.tags
             .iter()
-            .map(|t| image_ref(reg, &svc.image, t))
+            .map(|t| reg.reference(&svc.image, t))
             .collect()
     };
     let mut exporter: BTreeMap<String, String> = [
@@ -575,7 +564,7 @@ fn solve_spec(
         ("push".to_owned(), opts.push.to_string()),
     ]
     .into();
-    let cache_ref = image_ref(reg, &svc.image, &svc.cache_tag);
+    let cache_ref = reg.reference(&svc.image, &svc.cache_tag);
     let mut cache_export: BTreeMap<String, String> = [
         ("ref", cache_ref.as_str()),
         ("mode", "max"),
@@ -644,7 +633,7 @@ async fn build_one(
     // Import the registry cache only when it exists: a missing one is normal on a first build, and BuildKit would
     // report it as a failed step.
     if !spec.cache_imports.is_empty() {
-        let cache_ref = image_ref(&opts.registry, &svc.image, &svc.cache_tag);
+        let cache_ref = opts.registry.reference(&svc.image, &svc.cache_tag);
         if !matches!(opts.client.lookup(&cache_ref).await, Ok(Some(_))) {
             spec.cache_imports.clear();
         }
@@ -691,7 +680,7 @@ async fn build_one(
     });
     let result = match result {
         Ok(image) if opts.push => {
-            let source = image_ref(&opts.registry, &svc.image, &content_tag(&digest));
+            let source = opts.registry.reference(&svc.image, &content_tag(&digest));
             verify_and_promote(&opts.client, svc, &source, &image)
                 .await
                 .map(|promoted| (image, promoted, cache_hits))

@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use super::{ExitStatus, hash_all, select};
 use crate::cli::args::HashArgs;
 use crate::config::Workspace;
-use crate::context::{DockerIgnore, EntryKind, walk};
+use crate::context::EntryKind;
+use crate::hash::select_context;
 use crate::printer::Printer;
 
 pub(super) fn run(ws: &Workspace, args: &HashArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
@@ -16,14 +17,8 @@ pub(super) fn run(ws: &Workspace, args: &HashArgs, printer: Printer) -> anyhow::
             .into_iter()
             .find(|s| &s.name == name)
             .expect("select returns the named service");
-        let ignore = DockerIgnore::load(&svc.context, &svc.dockerfile)?;
-        let (entries, _) = walk(
-            &svc.context,
-            &ignore
-                .filter()?
-                .hide_own(&svc.context, &super::own_dirs(ws)),
-        )
-        .with_context(|| format!("listing service `{name}`"))?;
+        let (_, entries, _) = select_context(svc, &super::own_dirs(ws))
+            .with_context(|| format!("listing service `{name}`"))?;
         let mut out = printer.stdout();
         for e in &entries {
             out.write_all(&e.path)?;

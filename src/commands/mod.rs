@@ -82,17 +82,17 @@ pub fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
             build::run(&load_workspace(config)?, args, printer, cli.global.progress)
         }
         // The daemon commands work without a config; one is used for `[buildkit] addr` when present.
-        Command::Doctor(args) => daemon_runtime(daemon::doctor(
+        Command::Doctor(args) => block_on(daemon::doctor(
             args,
             optional_workspace(config)?.as_ref(),
             printer,
         )),
-        Command::Du(args) => daemon_runtime(daemon::du(
+        Command::Du(args) => block_on(daemon::du(
             args,
             optional_workspace(config)?.as_ref(),
             printer,
         )),
-        Command::Prune(args) => daemon_runtime(daemon::prune(
+        Command::Prune(args) => block_on(daemon::prune(
             args,
             optional_workspace(config)?.as_ref(),
             printer,
@@ -100,9 +100,9 @@ pub fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
     }
 }
 
-fn daemon_runtime(
-    fut: impl Future<Output = anyhow::Result<ExitStatus>>,
-) -> anyhow::Result<ExitStatus> {
+/// Runs `fut` on a fresh runtime, then stops it without waiting: pending pushes or RPCs must not hold the exit
+/// (the daemon cancels a build whose Solve call is gone).
+fn block_on<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

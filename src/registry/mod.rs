@@ -182,7 +182,7 @@ impl RegistryClient {
 
     /// `registry/repo:tag`.
     pub fn reference(&self, repo: &str, tag: &str) -> String {
-        format!("{}/{repo}:{tag}", self.registry.url)
+        self.registry.reference(repo, tag)
     }
 
     async fn auth(&self) -> Result<RegistryAuth, RegistryError> {
