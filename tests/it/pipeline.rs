@@ -301,34 +301,13 @@ fn ecr_token_repositories_and_a_second_run_that_skips() {
             "app/Dockerfile",
             format!("FROM {}\nCOPY f /\nRUN cat /f\n", s.auth_base_image()),
         )
-        .file("app/f", "ecr")
-        .dir("home");
+        .file("app/f", "ecr");
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ];
     let run = |t: &Tree, args: &[&str]| {
-        let _shared = crate::common::daemon_lock()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let out = t
-            .cmd()
-            .env("HOME", t.join("home"))
-            .env_remove("DOCKER_CONFIG")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env_remove("AWS_PROFILE")
-            .args([
-                "--progress",
-                "plain",
-                "-vv",
-                "build",
-                "--cache-to",
-                "registry",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        t.build_isolated(&aws, &[&["--cache-to", "registry"][..], args].concat())
     };
     let (code, err) = run(&t, &[]);
     assert_eq!(code, 0, "{err}");
@@ -482,24 +461,14 @@ fn environment_credentials_for_a_password_registry() {
                 s.buildkit_addr
             ),
         )
-        .file("app/Dockerfile", format!("FROM {}\nRUN echo env > /creds\n", s.auth_base_image()))
-        .dir("home");
+        .file("app/Dockerfile", format!("FROM {}\nRUN echo env > /creds\n", s.auth_base_image()));
     let run = |password: &str| {
-        let _shared = crate::common::daemon_lock()
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let out = t
-            .cmd()
-            .env("HOME", t.join("home"))
-            .env_remove("DOCKER_CONFIG")
-            .env("BUILDOPT_REGISTRY_USERNAME", "AWS")
-            .env("BUILDOPT_REGISTRY_PASSWORD", password)
-            .args(["--progress", "plain", "-vv", "build"])
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        t.build_isolated(
+            &[
+                ("BUILDOPT_REGISTRY_USERNAME", "AWS"),
+                ("BUILDOPT_REGISTRY_PASSWORD", password),
+            ],
+            &[],
         )
     };
     let (code, err) = run(&crate::common::env_or_file("BUILDOPT_TEST_AUTH_PASSWORD"));

@@ -296,6 +296,29 @@ impl Tree {
             .file("app/Dockerfile", dockerfile)
     }
 
+    /// `buildopt -vv build` with plain progress, with credentials only from `env`: HOME is `<tree>/home`, and
+    /// neither a docker config nor an AWS profile of this machine is seen. Returns (exit code, stderr).
+    pub fn build_isolated(&self, env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
+        let _shared = daemon_lock().read().unwrap_or_else(|p| p.into_inner());
+        std::fs::create_dir_all(self.join("home")).unwrap();
+        let mut cmd = self.cmd();
+        cmd.env("HOME", self.join("home"))
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("AWS_PROFILE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .args(["--progress", "plain", "-vv", "build"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// `buildopt build` with plain progress; returns (exit code, stdout, stderr).
     pub fn build(&self, args: &[&str]) -> (i32, String, String) {
         let _shared = daemon_lock().read().unwrap_or_else(|p| p.into_inner());
