@@ -32,21 +32,23 @@ impl fmt::Display for Secret {
     }
 }
 
-/// A username and its secret for one registry.
+/// A username and its secret for one registry, and where they came from (for error messages; never the secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
     /// User name (`AWS` for ECR).
     pub username: String,
     /// Password or token.
     pub secret: Secret,
+    /// Where the credential was found, e.g. `docker config /root/.docker/config.json (auths)`.
+    pub source: String,
 }
 
 /// Why credentials could not be found.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// ECR did not hand out a token.
-    #[error("cannot get an ECR authorization token: {0}")]
-    Ecr(String),
+    #[error("cannot get an ECR authorization token")]
+    Ecr(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The docker config could not be read or parsed.
     #[error("cannot use docker config {}: {reason}", path.display())]
     DockerConfig {
@@ -57,30 +59,50 @@ pub enum AuthError {
     },
 }
 
+impl crate::error::Classify for AuthError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Usage
+    }
+}
+
 /// A source of registry credentials.
 #[tonic::async_trait]
 pub trait Keychain: Send + Sync {
     /// Credentials for `host` (`host[:port]`), or None for anonymous access.
     async fn resolve(&self, host: &str) -> Result<Option<Credential>, AuthError>;
+
+    /// Where this keychain looks for `host`'s credentials, for "none found" messages.
+    fn sources(&self, host: &str) -> Vec<String>;
 }
 
-/// Fixed credentials per host.
+/// Fixed credentials per host (the session's tests).
+#[cfg(test)]
 #[derive(Debug, Clone, Default)]
 pub struct StaticKeychain(pub HashMap<String, Credential>);
 
+#[cfg(test)]
 #[tonic::async_trait]
 impl Keychain for StaticKeychain {
     async fn resolve(&self, host: &str) -> Result<Option<Credential>, AuthError> {
         Ok(self.0.get(host).cloned())
     }
+
+    fn sources(&self, _: &str) -> Vec<String> {
+        vec!["fixed credentials".to_owned()]
+    }
 }
 
-/// Docker's `config.json` (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`): its `auths` entries.
-#[derive(Debug, Clone)]
+/// Docker's `config.json` (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`): `credHelpers`, `credsStore`
+/// and `auths`, as the docker CLI reads them. Each host is resolved once per run: a credential helper is a program,
+/// and a build asks for the same host many times.
+#[derive(Debug)]
 pub struct DockerConfigKeychain {
     path: Option<PathBuf>,
     /// Where `docker-credential-*` programs are; None: `$PATH`, as for the docker CLI.
     helpers_dir: Option<PathBuf>,
+    resolved: tokio::sync::Mutex<HashMap<String, Option<Credential>>>,
+    /// Why the config could not be used, once it was found unusable (it is then ignored).
+    unusable: std::sync::Mutex<Option<String>>,
 }
 
 impl DockerConfigKeychain {
@@ -89,35 +111,51 @@ impl DockerConfigKeychain {
         let dir = std::env::var_os("DOCKER_CONFIG")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+        DockerConfigKeychain::at(dir.map(|d| d.join("config.json")), None)
+    }
+
+    fn at(path: Option<PathBuf>, helpers_dir: Option<PathBuf>) -> DockerConfigKeychain {
         DockerConfigKeychain {
-            path: dir.map(|d| d.join("config.json")),
-            helpers_dir: None,
+            path,
+            helpers_dir,
+            resolved: tokio::sync::Mutex::new(HashMap::new()),
+            unusable: std::sync::Mutex::new(None),
         }
     }
-}
 
-#[tonic::async_trait]
-impl Keychain for DockerConfigKeychain {
-    async fn resolve(&self, host: &str) -> Result<Option<Credential>, AuthError> {
+    /// Reads the config; an unreadable or malformed one is reported once and then treated as absent, so that
+    /// anonymous registries keep working.
+    async fn config(&self, path: &std::path::Path) -> Option<serde_json::Value> {
+        let problem = match tokio::fs::read(path).await {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(v) => return Some(v),
+                Err(e) => format!("not valid JSON ({e})"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => e.to_string(),
+        };
+        let mut unusable = self.unusable.lock().unwrap_or_else(|p| p.into_inner());
+        if unusable.is_none() {
+            tracing::warn!(
+                "ignoring docker config {}: {problem}; registries that need its credentials will refuse access",
+                path.display()
+            );
+            *unusable = Some(problem);
+        }
+        None
+    }
+
+    async fn lookup(&self, host: &str) -> Result<Option<Credential>, AuthError> {
         let Some(path) = &self.path else {
             return Ok(None);
         };
-        let bytes = match tokio::fs::read(path).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(AuthError::DockerConfig {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                });
-            }
+        let Some(config) = self.config(path).await else {
+            return Ok(None);
         };
         let bad = |reason: String| AuthError::DockerConfig {
             path: path.clone(),
             reason,
         };
-        let config: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| bad("not valid JSON".to_owned()))?;
         // As the docker CLI: a per-registry credential helper, else the default store, else `auths`.
         let helper = config
             .get("credHelpers")
@@ -156,7 +194,32 @@ impl Keychain for DockerConfigKeychain {
         Ok(Some(Credential {
             username: user.to_owned(),
             secret: Secret::new(secret),
+            source: format!("docker config {} (auths)", path.display()),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl Keychain for DockerConfigKeychain {
+    async fn resolve(&self, host: &str) -> Result<Option<Credential>, AuthError> {
+        let mut resolved = self.resolved.lock().await;
+        if let Some(known) = resolved.get(host) {
+            return Ok(known.clone());
+        }
+        let found = self.lookup(host).await?;
+        resolved.insert(host.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    fn sources(&self, _: &str) -> Vec<String> {
+        let Some(path) = &self.path else {
+            return vec!["a docker config (neither $DOCKER_CONFIG nor $HOME is set)".to_owned()];
+        };
+        let unusable = self.unusable.lock().unwrap_or_else(|p| p.into_inner());
+        vec![match &*unusable {
+            Some(problem) => format!("docker config {} (unusable: {problem})", path.display()),
+            None => format!("docker config {}", path.display()),
+        }]
     }
 }
 
@@ -219,6 +282,7 @@ async fn credential_helper(
     Ok(Some(Credential {
         username: parsed.username,
         secret: Secret::new(parsed.secret),
+        source: format!("credential helper `{program}`"),
     }))
 }
 
@@ -242,6 +306,7 @@ impl EnvKeychain {
             (Ok(u), Ok(p)) if !u.is_empty() && !p.is_empty() => Some(Credential {
                 username: u,
                 secret: Secret::new(p),
+                source: format!("{ENV_USERNAME} and {ENV_PASSWORD}"),
             }),
             _ => None,
         };
@@ -256,6 +321,14 @@ impl EnvKeychain {
 impl Keychain for EnvKeychain {
     async fn resolve(&self, host: &str) -> Result<Option<Credential>, AuthError> {
         Ok(self.credential.clone().filter(|_| host == self.host))
+    }
+
+    fn sources(&self, host: &str) -> Vec<String> {
+        if host == self.host {
+            vec![format!("{ENV_USERNAME}/{ENV_PASSWORD}")]
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -272,36 +345,18 @@ impl Keychain for MultiKeychain {
         }
         Ok(None)
     }
+
+    fn sources(&self, host: &str) -> Vec<String> {
+        self.0.iter().flat_map(|k| k.sources(host)).collect()
+    }
 }
 
-/// Standard base64 (with or without padding).
+/// Standard base64, with or without padding (docker configs and ECR tokens use both).
 pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let s = s.trim().trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c)? << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        match chunk.len() {
-            4 => out.extend_from_slice(&bytes[1..4]),
-            3 => out.extend_from_slice(&bytes[1..3]),
-            2 => out.push(bytes[1]),
-            _ => return None,
-        }
-    }
-    Some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(s.trim().trim_end_matches('='))
+        .ok()
 }
 
 #[cfg(test)]
@@ -313,6 +368,7 @@ mod tests {
         let c = Credential {
             username: "AWS".into(),
             secret: Secret::new("hunter2"),
+            source: "test".into(),
         };
         assert!(!format!("{c:?}").contains("hunter2"));
         assert_eq!(c.secret.to_string(), "<redacted>");
@@ -333,51 +389,80 @@ mod tests {
             r#"{"auths":{"127.0.0.1:5002":{"auth":"QVdTOnB3"},"https://index.docker.io/v1/":{"auth":"eDp5"}}}"#,
         )
         .unwrap();
-        let k = DockerConfigKeychain {
-            path: Some(dir.path().join("config.json")),
-            helpers_dir: None,
-        };
+        let k = DockerConfigKeychain::at(Some(dir.path().join("config.json")), None);
         let c = k.resolve("127.0.0.1:5002").await.unwrap().unwrap();
         assert_eq!((c.username.as_str(), c.secret.expose()), ("AWS", "pw"));
         assert!(k.resolve("index.docker.io").await.unwrap().is_some());
         assert!(k.resolve("other").await.unwrap().is_none());
     }
 
-    /// A real credential helper program (the protocol is stdin host -> stdout JSON), on PATH.
+    /// A real credential helper program (the protocol is stdin host -> stdout JSON), run once per host.
     #[tokio::test]
     async fn docker_config_credential_helpers() {
         let dir = tempfile::tempdir().unwrap();
         let helper = dir.path().join("docker-credential-buildopttest");
+        let calls = dir.path().join("calls");
         std::fs::write(
             &helper,
-            "#!/bin/sh\nread host\nif [ \"$host\" = reg.example ]; then printf '{\"ServerURL\":\"%s\",\"Username\":\"u\",\"Secret\":\"s3\"}' \"$host\"; else echo 'credentials not found in native keychain'; exit 1; fi\n",
+            format!("#!/bin/sh\necho call >> {}\nread host\nif [ \"$host\" = reg.example ]; then printf '{{\"ServerURL\":\"%s\",\"Username\":\"u\",\"Secret\":\"s3\"}}' \"$host\"; else echo 'credentials not found in native keychain'; exit 1; fi\n", calls.display()),
         )
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(dir.path().join("config.json"), r#"{"credHelpers":{"reg.example":"buildopttest"},"auths":{"reg.example":{"auth":"eDp5"}}}"#).unwrap();
-        let k = DockerConfigKeychain {
-            path: Some(dir.path().join("config.json")),
-            helpers_dir: Some(dir.path().to_owned()),
+        let k = || {
+            DockerConfigKeychain::at(
+                Some(dir.path().join("config.json")),
+                Some(dir.path().to_owned()),
+            )
         };
-        let c = k.resolve("reg.example").await.unwrap().unwrap();
-        assert_eq!((c.username.as_str(), c.secret.expose()), ("u", "s3"));
+        let keychain = k();
+        for _ in 0..5 {
+            let c = keychain.resolve("reg.example").await.unwrap().unwrap();
+            assert_eq!((c.username.as_str(), c.secret.expose()), ("u", "s3"));
+            assert_eq!(
+                c.source,
+                "credential helper `docker-credential-buildopttest`"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 1);
 
         std::fs::write(
             dir.path().join("config.json"),
             r#"{"credsStore":"buildopttest"}"#,
         )
         .unwrap();
-        assert!(k.resolve("other.example").await.unwrap().is_none());
+        assert!(k().resolve("other.example").await.unwrap().is_none());
         std::fs::write(
             dir.path().join("config.json"),
             r#"{"credsStore":"missing-helper"}"#,
         )
         .unwrap();
-        let err = k.resolve("x").await.unwrap_err().to_string();
+        let err = k().resolve("x").await.unwrap_err().to_string();
         assert!(
             err.contains("cannot run credential helper `docker-credential-missing-helper`"),
             "{err}"
+        );
+    }
+
+    /// An unusable docker config must not break registries that need no credentials.
+    #[tokio::test]
+    async fn unusable_docker_config_is_no_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::create_dir(&path).unwrap(); // reading it fails (EISDIR)
+        let k = DockerConfigKeychain::at(Some(path.clone()), None);
+        assert!(k.resolve("127.0.0.1:5000").await.unwrap().is_none());
+        let sources = k.sources("127.0.0.1:5000").join("; ");
+        assert!(sources.contains("(unusable: "), "{sources}");
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, "{not json").unwrap();
+        let k = DockerConfigKeychain::at(Some(path), None);
+        assert!(k.resolve("127.0.0.1:5000").await.unwrap().is_none());
+        assert!(
+            k.sources("h")[0].contains("not valid JSON"),
+            "{:?}",
+            k.sources("h")
         );
     }
 }

@@ -118,6 +118,7 @@ struct ServiceToml {
     depends_on: Vec<Spanned<String>>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    source_date_epoch: Option<Spanned<i64>>,
 }
 
 /// The registry images are pushed to.
@@ -194,6 +195,8 @@ pub struct Service {
     pub depends_on: Vec<String>,
     /// Image labels.
     pub labels: BTreeMap<String, String>,
+    /// `SOURCE_DATE_EPOCH` for reproducible images (timestamps in the config and in new layers clamped to it).
+    pub source_date_epoch: Option<u64>,
 }
 
 /// A loaded config: where it is, and its services in dependency order (dependencies first).
@@ -331,10 +334,20 @@ impl Workspace {
                     name.clone()
                 }
             };
-            let mut tags = Vec::new();
+            let mut tags: Vec<String> = Vec::new();
             for t in svc.tags.unwrap_or_default() {
-                validate_tag(t.get_ref())
+                validate_requested_tag(t.get_ref())
                     .map_err(|m| at.err(t.span(), format!("{}: {m}", key("tags"))))?;
+                if tags.contains(t.get_ref()) {
+                    return Err(at.err(
+                        t.span(),
+                        format!(
+                            "{}: tag `{}` is listed twice; remove one",
+                            key("tags"),
+                            t.get_ref()
+                        ),
+                    ));
+                }
                 tags.push(t.into_inner());
             }
             if tags.is_empty() {
@@ -342,18 +355,60 @@ impl Workspace {
             }
             let cache_tag = match svc.cache_tag {
                 Some(t) => {
-                    validate_tag(t.get_ref())
+                    validate_requested_tag(t.get_ref())
                         .map_err(|m| at.err(t.span(), format!("{}: {m}", key("cache_tag"))))?;
+                    if tags.contains(t.get_ref()) {
+                        return Err(at.err(
+                            t.span(),
+                            format!(
+                                "{}: `{}` is also a requested tag: the cache would overwrite the image (or the image the cache); use another tag",
+                                key("cache_tag"),
+                                t.get_ref()
+                            ),
+                        ));
+                    }
                     t.into_inner()
+                }
+                None if tags.iter().any(|t| t == "cache") => {
+                    return Err(at.err(
+                        span,
+                        format!(
+                            "service `{name}`: `cache` is a requested tag and the default cache tag; set {} to another tag",
+                            key("cache_tag")
+                        ),
+                    ));
                 }
                 None => "cache".to_owned(),
             };
-            let mut platforms = Vec::new();
+            let mut platforms: Vec<String> = Vec::new();
             for p in svc.platforms {
                 validate_platform(p.get_ref())
                     .map_err(|m| at.err(p.span(), format!("{}: {m}", key("platforms"))))?;
+                if platforms.contains(p.get_ref()) {
+                    return Err(at.err(
+                        p.span(),
+                        format!(
+                            "{}: platform `{}` is listed twice; remove one",
+                            key("platforms"),
+                            p.get_ref()
+                        ),
+                    ));
+                }
                 platforms.push(p.into_inner());
             }
+            let source_date_epoch = match svc.source_date_epoch {
+                Some(e) if *e.get_ref() < 0 => {
+                    return Err(at.err(
+                        e.span(),
+                        format!(
+                            "{}: must be seconds since 1970 (0 or more)",
+                            key("source_date_epoch")
+                        ),
+                    ));
+                }
+                Some(e) => Some(e.into_inner() as u64),
+                None => None,
+            };
             let mut depends_on = Vec::new();
             for d in &svc.depends_on {
                 if !names.contains(d.get_ref()) {
@@ -388,6 +443,7 @@ impl Workspace {
                     platforms,
                     depends_on,
                     labels: svc.labels,
+                    source_date_epoch,
                 },
                 svc.depends_on,
             ));
@@ -607,19 +663,98 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
     }
 }
 
+/// Operating systems and architectures BuildKit knows (containerd's `platforms` package), with the variants each
+/// architecture takes.
+const KNOWN_OS: &[&str] = &[
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+];
+const KNOWN_ARCH: &[(&str, &[&str])] = &[
+    ("386", &[]),
+    ("amd64", &["v1", "v2", "v3", "v4"]),
+    ("arm", &["v5", "v6", "v7", "v8"]),
+    (
+        "arm64",
+        &[
+            "v8", "v8.0", "v8.1", "v8.2", "v8.3", "v8.4", "v8.5", "v8.6", "v8.7", "v8.8", "v8.9",
+            "v9", "v9.0", "v9.1", "v9.2", "v9.3", "v9.4", "v9.5",
+        ],
+    ),
+    ("loong64", &[]),
+    ("mips", &[]),
+    ("mips64", &[]),
+    ("mips64le", &[]),
+    ("mipsle", &[]),
+    ("ppc64", &[]),
+    ("ppc64le", &["power8", "power9", "power10"]),
+    ("riscv64", &["rva20u64", "rva22u64"]),
+    ("s390x", &[]),
+    ("wasm", &[]),
+];
+
+/// `os/arch[/variant]` with an operating system, architecture and variant BuildKit knows, in the normalized form
+/// (`linux/amd64`, not `Linux/x86_64`), so that a typo fails here and not halfway through a build.
 fn validate_platform(p: &str) -> Result<(), String> {
     let parts: Vec<&str> = p.split('/').collect();
-    let ok = (2..=3).contains(&parts.len())
-        && parts
-            .iter()
-            .all(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid platform `{p}`: expected `os/arch` or `os/arch/variant`, e.g. `linux/amd64`"
-        ))
+    let shape = "expected `os/arch` or `os/arch/variant`, e.g. `linux/amd64` or `linux/arm64/v8`";
+    if !(2..=3).contains(&parts.len()) || parts.iter().any(|s| s.is_empty()) {
+        return Err(format!("invalid platform `{p}`: {shape}"));
     }
+    if !KNOWN_OS.contains(&parts[0]) {
+        return Err(format!(
+            "invalid platform `{p}`: unknown operating system `{}` (known: {})",
+            parts[0],
+            KNOWN_OS.join(", ")
+        ));
+    }
+    let Some((_, variants)) = KNOWN_ARCH.iter().find(|(a, _)| *a == parts[1]) else {
+        let known: Vec<&str> = KNOWN_ARCH.iter().map(|(a, _)| *a).collect();
+        return Err(format!(
+            "invalid platform `{p}`: unknown architecture `{}` (known: {})",
+            parts[1],
+            known.join(", ")
+        ));
+    };
+    if let Some(variant) = parts.get(2)
+        && !variants.contains(variant)
+    {
+        return Err(format!(
+            "invalid platform `{p}`: unknown variant `{variant}` for `{}`{}",
+            parts[1],
+            if variants.is_empty() {
+                " (it has none)".to_owned()
+            } else {
+                format!(" (known: {})", variants.join(", "))
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// A tag the user asks for (requested tags and the cache tag): a valid tag that does not look like a content tag,
+/// which buildopt alone writes.
+fn validate_requested_tag(tag: &str) -> Result<(), String> {
+    validate_tag(tag)?;
+    if tag.starts_with(crate::registry::CONTENT_TAG_PREFIX) {
+        return Err(format!(
+            "tag `{tag}` starts with `{}`, which is reserved for buildopt's content tags; choose another tag",
+            crate::registry::CONTENT_TAG_PREFIX
+        ));
+    }
+    Ok(())
 }
 
 fn validate_registry_url(url: &str) -> Result<(), String> {
@@ -646,6 +781,12 @@ fn validate_registry_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+impl crate::error::Classify for ConfigError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Usage
+    }
+}
+
 impl fmt::Display for EcrMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -668,6 +809,40 @@ mod tests {
         for bad in ["", "API", "-x", "x-", "a//b", "a/", "a..b", "a___b", "a b"] {
             assert!(validate_repository(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn platforms() {
+        for ok in [
+            "linux/amd64",
+            "linux/arm64/v8",
+            "linux/arm/v7",
+            "windows/amd64",
+            "linux/riscv64",
+        ] {
+            assert!(validate_platform(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "linux/amd46",
+            "Linux/amd64",
+            "linux",
+            "linux/arm/v9",
+            "linux/amd64/",
+            "linux/386/v1",
+        ] {
+            assert!(validate_platform(bad).is_err(), "{bad}");
+        }
+        assert!(
+            validate_platform("linux/amd46")
+                .unwrap_err()
+                .contains("unknown architecture `amd46`")
+        );
+    }
+
+    #[test]
+    fn content_tag_prefix_is_reserved() {
+        assert!(validate_requested_tag("bo-123").is_err());
+        assert!(validate_requested_tag("boo").is_ok());
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! build it. See "How skipping works" in the README for the exact definition; changing it needs a new key.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
 use crate::config::Service;
 use crate::context::{ContextError, DockerIgnore, Entry, EntryKind, Skipped, walk};
+use crate::digest::Digest;
+use crate::error::{Classify, ErrorKind};
 use crate::index::Index;
 
 /// Derive key of the service digest. Bump on any change to what is hashed or how.
@@ -16,67 +17,23 @@ pub const SERVICE_KEY: &str = "buildopt 2026-11-28 service inputs v1";
 /// Derive key of one context entry's digest.
 pub const ENTRY_KEY: &str = "buildopt 2026-11-28 context entry v1";
 
-/// Files at least this large are hashed with blake3's own multi-threading over a memory map.
-const MMAP_THRESHOLD: u64 = 8 << 20;
-
-/// A 32-byte blake3 digest, shown as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(pub [u8; 32]);
-
-impl Digest {
-    /// The first 12 hex digits, for humans.
-    pub fn short(&self) -> String {
-        self.to_string()[..12].to_owned()
-    }
-
-    /// Parses 64 hex digits.
-    pub fn parse(s: &str) -> Option<Digest> {
-        let b = s.as_bytes();
-        if b.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in b.chunks(2).enumerate() {
-            out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-        }
-        Some(Digest(out))
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({self})")
-    }
-}
-
-impl serde::Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Digest::parse(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
-    }
-}
-
 /// Why a service could not be hashed.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     /// The context could not be selected.
     #[error(transparent)]
     Context(#[from] ContextError),
+    /// A file kept changing while it was read.
+    #[error(
+        "{} changed each time it was hashed ({attempts} attempts); stop whatever writes to it, or add it to .dockerignore",
+        path.display()
+    )]
+    Unstable {
+        /// The file.
+        path: PathBuf,
+        /// How often it was read.
+        attempts: usize,
+    },
     /// A file could not be read.
     #[error("cannot read {}; fix its permissions or add it to .dockerignore", path.display())]
     Read {
@@ -97,6 +54,8 @@ pub struct ServiceInputs {
     pub entries: Vec<Entry>,
     /// Per entry (same order), the digest of that entry.
     pub entry_digests: Vec<Digest>,
+    /// Per entry (same order), the blake3 of its content (regular files only).
+    pub contents: Vec<Option<Digest>>,
     /// The `.dockerignore` used.
     pub ignore: DockerIgnore,
     /// Digest of the Dockerfile content.
@@ -139,19 +98,15 @@ pub fn hash_service(
     index: &Index,
     own: &[PathBuf],
 ) -> Result<ServiceInputs, HashError> {
-    let (ignore, entries, skipped) = select_context(svc, own)?;
-    let contents = hash_contents(&svc.context, &entries, index)?;
+    let (ignore, mut entries, skipped) = select_context(svc, own)?;
+    let contents = hash_contents(&svc.context, &mut entries, index)?;
     let entry_digests: Vec<Digest> = entries
         .iter()
         .zip(&contents)
         .map(|(e, c)| entry_digest(e, c.as_ref()))
         .collect();
 
-    let dockerfile_bytes = fs_err::read(&svc.dockerfile).map_err(|source| HashError::Read {
-        path: svc.dockerfile.clone(),
-        source,
-    })?;
-    let dockerfile = Digest(*blake3::hash(&dockerfile_bytes).as_bytes());
+    let (dockerfile, _) = hash_stable_file(&svc.dockerfile)?;
     let params = params_digest(svc);
 
     let mut f = Fields::new(SERVICE_KEY);
@@ -174,6 +129,7 @@ pub fn hash_service(
         digest: f.finish(),
         entries,
         entry_digests,
+        contents,
         ignore,
         dockerfile,
         params,
@@ -209,6 +165,10 @@ fn params_digest(svc: &Service) -> Digest {
     f.u64(svc.platforms.len() as u64);
     for p in &svc.platforms {
         f.bytes(p.as_bytes());
+    }
+    // Only when set, so that the digests of services without it stay what they were.
+    if let Some(epoch) = svc.source_date_epoch {
+        f.bytes(b"source_date_epoch").u64(epoch);
     }
     f.finish()
 }
@@ -254,10 +214,11 @@ fn reader_pool() -> Option<&'static rayon::ThreadPool> {
 }
 
 /// Content hashes of the regular files among `entries` (None for others), from the index where it is still valid,
-/// otherwise by reading the files, in parallel.
+/// otherwise by reading the files, in parallel. A file whose status changed since the walk gets its entry updated
+/// to what was actually hashed.
 fn hash_contents(
     root: &Path,
-    entries: &[Entry],
+    entries: &mut [Entry],
     index: &Index,
 ) -> Result<Vec<Option<Digest>>, HashError> {
     match reader_pool() {
@@ -268,11 +229,11 @@ fn hash_contents(
 
 fn hash_contents_here(
     root: &Path,
-    entries: &[Entry],
+    entries: &mut [Entry],
     index: &Index,
 ) -> Result<Vec<Option<Digest>>, HashError> {
     entries
-        .par_iter()
+        .par_iter_mut()
         .map(|e| {
             if e.kind != EntryKind::File {
                 return Ok(None);
@@ -281,26 +242,218 @@ fn hash_contents_here(
             if let Some(d) = index.lookup(&path, e) {
                 return Ok(Some(d));
             }
-            let d = hash_file(&path, e.size).map_err(|source| HashError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let (d, stat) = hash_stable_file(&path)?;
+            stat.apply(e);
             index.insert(&path, e, d);
             Ok(Some(d))
         })
         .collect()
 }
 
-/// blake3 of a file's bytes.
-pub fn hash_file(path: &Path, size_hint: u64) -> std::io::Result<Digest> {
-    let mut h = blake3::Hasher::new();
-    if size_hint >= MMAP_THRESHOLD {
-        h.update_mmap_rayon(path)?;
-    } else {
-        let mut f = std::fs::File::open(path)?;
-        h.update_reader(&mut f)?;
+/// Reads beyond this size go through blake3's multi-threaded update, a buffer at a time.
+const LARGE_READ: usize = 4 << 20;
+/// How often a file that changes while it is read is read again before giving up.
+const HASH_ATTEMPTS: usize = 3;
+
+/// The status fields that tell whether a file changed between two looks at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStat {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+}
+
+impl FileStat {
+    fn of(meta: &std::fs::Metadata) -> FileStat {
+        use std::os::unix::fs::MetadataExt;
+        FileStat {
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            ino: meta.ino(),
+        }
     }
-    Ok(Digest(*h.finalize().as_bytes()))
+
+    fn apply(&self, e: &mut Entry) {
+        e.size = self.size;
+        e.mtime_ns = self.mtime_ns;
+        e.ctime_ns = self.ctime_ns;
+        e.ino = self.ino;
+    }
+}
+
+/// The blake3 of a file's bytes and the status they belong to. The file is read through an ordinary buffer (a
+/// memory map would kill the process with SIGBUS if the file were truncated meanwhile), and its status is taken
+/// before and after: when the two differ, or the byte count does not match the size, the file changed while it was
+/// read and is read again, a few times, before this gives up with an error naming it.
+pub(crate) fn hash_stable_file(path: &Path) -> Result<(Digest, FileStat), HashError> {
+    use std::io::Read;
+    let read_err = |source| HashError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    for _ in 0..HASH_ATTEMPTS {
+        let mut file = fs_err::File::open(path).map_err(read_err)?;
+        let before = FileStat::of(&file.metadata().map_err(read_err)?);
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; (before.size as usize).clamp(1, LARGE_READ)];
+        let mut total = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_err(e)),
+            };
+            if n >= LARGE_READ {
+                hasher.update_rayon(&buf[..n]);
+            } else {
+                hasher.update(&buf[..n]);
+            }
+            total += n as u64;
+        }
+        let after = FileStat::of(&file.metadata().map_err(read_err)?);
+        if before == after && total == after.size {
+            return Ok((hasher.finalize().into(), after));
+        }
+        tracing::debug!(
+            "{} changed while it was hashed; reading it again",
+            path.display()
+        );
+    }
+    Err(HashError::Unstable {
+        path: path.to_owned(),
+        attempts: HASH_ATTEMPTS,
+    })
+}
+
+/// Something the session sent is not what was hashed: the inputs changed while the build ran, so its image is not
+/// the image of the hashed inputs and must not get their content tag.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} changed during the build ({what}); nothing was tagged. Run again to build what is there now",
+    path.display()
+)]
+pub struct ChangedDuringBuild {
+    /// The file, directory or link.
+    pub path: PathBuf,
+    /// How it differs from what was hashed.
+    pub what: String,
+}
+
+impl Classify for ChangedDuringBuild {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Failure
+    }
+}
+
+impl ServiceInputs {
+    /// Checks that every entry the session sent for `svc` is the entry that was hashed: same kind, permission bits,
+    /// link target and size, and for files the same content (the blake3 of the bytes that went out, when the daemon
+    /// asked for them; otherwise the same size and modification time, which is what the daemon compared to reuse
+    /// its earlier copy). The Dockerfile and the ignore file are checked against their hashes too.
+    pub fn check_sent(
+        &self,
+        svc: &Service,
+        transfers: &[crate::session::Transfer],
+    ) -> Result<(), ChangedDuringBuild> {
+        use std::collections::HashMap;
+        let expected: HashMap<&[u8], usize> = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.path.as_slice(), i))
+            .collect();
+        let dockerfile = std::fs::canonicalize(&svc.dockerfile).ok();
+        let ignore = self
+            .ignore
+            .source
+            .as_ref()
+            .and_then(|p| std::fs::canonicalize(p).ok());
+        for t in transfers {
+            for (id, sent) in t.entries.iter().enumerate() {
+                let abs = sent.abs_path(&t.root);
+                let changed = |what: String| ChangedDuringBuild {
+                    path: abs.clone(),
+                    what,
+                };
+                let content = t.sent.get(&(id as u32));
+                if let Some(c) = content
+                    && let Some(error) = &c.error
+                {
+                    return Err(changed(format!("it could not be sent: {error}")));
+                }
+                // Files known by their whole-file hash: the Dockerfile, the ignore file.
+                if sent.kind == EntryKind::File {
+                    let real = std::fs::canonicalize(&abs).ok();
+                    let known = [
+                        (&dockerfile, Some(self.dockerfile)),
+                        (&ignore, self.ignore.digest),
+                    ];
+                    if let Some((_, Some(digest))) =
+                        known.iter().find(|(p, _)| p.is_some() && **p == real)
+                    {
+                        if let Some(c) = content
+                            && c.digest != *digest
+                        {
+                            return Err(changed(
+                                "its content differs from what was hashed".to_owned(),
+                            ));
+                        }
+                        continue;
+                    }
+                }
+                if t.local != crate::session::LOCAL_CONTEXT {
+                    // Other files of the Dockerfile's directory are not read by the build.
+                    continue;
+                }
+                let Some(&i) = expected.get(sent.path.as_slice()) else {
+                    return Err(changed(
+                        "it was sent but is not among the hashed inputs".to_owned(),
+                    ));
+                };
+                let hashed = &self.entries[i];
+                if hashed.kind != sent.kind {
+                    return Err(changed("its type changed".to_owned()));
+                }
+                if hashed.mode != sent.mode {
+                    return Err(changed(format!(
+                        "its mode changed from {:o} to {:o}",
+                        hashed.mode, sent.mode
+                    )));
+                }
+                if sent.kind == EntryKind::File {
+                    match content {
+                        Some(c) if c.size != hashed.size || Some(c.digest) != self.contents[i] => {
+                            return Err(changed(format!(
+                                "{} bytes were hashed, {} different bytes were sent",
+                                hashed.size, c.size
+                            )));
+                        }
+                        Some(_) => {}
+                        None if sent.size != hashed.size || sent.mtime_ns != hashed.mtime_ns => {
+                            return Err(changed(
+                                "its size or modification time differs from when it was hashed"
+                                    .to_owned(),
+                            ));
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Classify for HashError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            HashError::Context(e) => e.kind(),
+            HashError::Unstable { .. } | HashError::Read { .. } => ErrorKind::Failure,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -308,10 +461,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn digest_hex_roundtrip() {
-        let d = Digest(*blake3::hash(b"x").as_bytes());
-        assert_eq!(Digest::parse(&d.to_string()), Some(d));
-        assert_eq!(Digest::parse("zz"), None);
-        assert_eq!(d.short().len(), 12);
+    fn a_file_that_keeps_changing_is_an_error_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        std::fs::write(&path, vec![1u8; 16 << 20]).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u8;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n = n.wrapping_add(1);
+                    // Truncate and regrow: a memory map of this file would fault.
+                    std::fs::write(&path, vec![n; (8 << 20) + usize::from(n)]).unwrap();
+                }
+            })
+        };
+        let got = (0..20).map(|_| hash_stable_file(&path)).collect::<Vec<_>>();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        // Every attempt either saw one stable version or said the file kept changing; none crashed.
+        for r in got {
+            match r {
+                Ok((digest, stat)) => assert_eq!(stat.size >= 8 << 20, digest != Digest::of(b"")),
+                Err(HashError::Unstable { attempts, .. }) => assert_eq!(attempts, HASH_ATTEMPTS),
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        let (digest, _) = hash_stable_file(&path).unwrap();
+        assert_eq!(digest, Digest::of(&std::fs::read(&path).unwrap()));
     }
 }

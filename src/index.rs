@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::context::Entry;
-use crate::hash::Digest;
+use crate::digest::Digest;
 
 const MAGIC: &[u8; 8] = b"BOIDX\x00\x00\x01";
 /// The index file, relative to the cache directory.

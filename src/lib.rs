@@ -2,17 +2,21 @@
 //! service whose inputs did not change.
 #![warn(missing_docs)]
 
-pub mod auth;
-pub mod buildkit;
+pub(crate) mod auth;
+pub(crate) mod buildkit;
 pub mod cli;
-pub mod commands;
+pub(crate) mod commands;
 pub mod config;
 pub mod context;
+pub mod digest;
+pub mod error;
 pub mod hash;
 pub mod index;
-pub mod plan;
-pub mod printer;
-pub mod progress;
-pub mod registry;
-pub mod session;
+pub(crate) mod plan;
+pub(crate) mod printer;
+pub(crate) mod progress;
+pub(crate) mod proto;
+pub(crate) mod registry;
+pub(crate) mod report;
+pub(crate) mod session;
 pub mod state;

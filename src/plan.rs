@@ -1,75 +1,81 @@
 //! Deciding, per service, whether to build or skip, with a reason a person can check. The registry is the source
-//! of truth (an image under the content tag of the inputs); local state only adds which files changed.
+//! of truth (a complete image under the content tag of the inputs); local state only adds which files changed.
 
 use serde::Serialize;
 
 use crate::config::Service;
-use crate::hash::{Digest, ServiceInputs};
-use crate::registry::{RegistryClient, RegistryError, content_tag};
+use crate::digest::Digest;
+use crate::hash::ServiceInputs;
+use crate::registry::verify::{Found, Verifier};
+use crate::registry::{RegistryError, content_tag};
 use crate::state::{Changes, ServiceState, StateStore};
 
 /// Build or skip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Decision {
-    /// The inputs are new: build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "lowercase")]
+pub(crate) enum Decision {
+    /// The inputs are new, or their image is unusable: build.
     Build,
-    /// An image for exactly these inputs exists: skip.
-    Skip,
+    /// A complete image for exactly these inputs exists: skip, and point the requested tags at it.
+    Skip {
+        /// Its manifest (or index) digest.
+        image: String,
+    },
+    /// `plan --local`: the inputs are those of the last local build (the registry was not asked).
+    #[serde(rename = "skip")]
+    Unchanged,
 }
 
 impl Decision {
     /// `build` or `skip`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Decision::Build => "build",
-            Decision::Skip => "skip",
+            Decision::Skip { .. } | Decision::Unchanged => "skip",
         }
     }
 }
 
 /// The decision for one service.
 #[derive(Debug, Clone, Serialize)]
-pub struct ServicePlan {
+pub(crate) struct ServicePlan {
     /// Service name.
-    pub service: String,
+    pub(crate) service: String,
     /// Input digest.
-    pub digest: Digest,
+    pub(crate) digest: Digest,
     /// Build or skip.
-    pub decision: Decision,
+    #[serde(flatten)]
+    pub(crate) decision: Decision,
     /// Why, in words.
-    pub reason: String,
-    /// The image already built from these inputs (manifest digest), when the registry has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
+    pub(crate) reason: String,
     /// What changed since the last local build, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub changes: Option<Changes>,
+    pub(crate) changes: Option<Changes>,
 }
 
 /// What the registry holds for one service's inputs.
-#[derive(Debug, Clone, Default)]
-pub struct RemoteState {
-    /// Manifest digest under the content tag.
-    pub image: Option<String>,
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteState {
+    /// What the content tag holds.
+    pub(crate) image: Found,
     /// Whether the cache ref exists (None when not asked).
-    pub cache: Option<bool>,
+    pub(crate) cache: Option<bool>,
 }
 
-/// Asks the registry for the content tag of `digest` (and the cache ref when `check_cache`).
-pub async fn lookup_remote(
-    registry: &RegistryClient,
+/// Asks the registry for the content tag of `digest`, checks the image behind it, and (when `check_cache`) whether
+/// the cache ref exists.
+pub(crate) async fn lookup_remote(
+    verifier: &Verifier,
     svc: &Service,
     digest: &Digest,
     check_cache: bool,
 ) -> Result<RemoteState, RegistryError> {
-    let image = registry
-        .lookup(&registry.reference(&svc.image, &content_tag(digest)))
-        .await?;
-    let cache = if check_cache && image.is_some() {
+    let image = verifier.tag(&svc.image, &content_tag(digest)).await?;
+    let cache = if check_cache && matches!(image, Found::Usable { .. }) {
+        let client = verifier.client();
         Some(
-            registry
-                .lookup(&registry.reference(&svc.image, &svc.cache_tag))
+            client
+                .lookup(&client.reference(&svc.image, &svc.cache_tag))
                 .await?
                 .is_some(),
         )
@@ -80,7 +86,7 @@ pub async fn lookup_remote(
 }
 
 /// Decides for one service. With `remote`, the registry decides; without, the local state does.
-pub fn decide(
+pub(crate) fn decide(
     svc: &Service,
     inputs: &ServiceInputs,
     remote: Option<&RemoteState>,
@@ -100,37 +106,41 @@ pub fn decide(
     let short = inputs.digest.short();
     let (decision, reason) = match (force, remote) {
         (true, _) => (Decision::Build, "--force".to_owned()),
-        (
-            false,
-            Some(RemoteState {
-                image: Some(img),
-                cache,
-            }),
-        ) => {
-            if *cache == Some(false) {
-                (
-                    Decision::Build,
-                    format!(
-                        "image for inputs {short} exists but registry cache `{}` is missing",
-                        svc.cache_tag
-                    ),
-                )
-            } else {
-                (
-                    Decision::Skip,
-                    format!("image for inputs {short} exists ({})", short_image(img)),
-                )
-            }
-        }
-        (false, Some(RemoteState { image: None, .. })) => (
-            Decision::Build,
-            format!("no image for inputs {short}{since_local}"),
-        ),
+        (false, Some(remote)) => match &remote.image {
+            Found::Usable { .. } if remote.cache == Some(false) => (
+                Decision::Build,
+                format!(
+                    "image for inputs {short} exists but the registry cache `{}` is missing (was its last export refused?); building exports it",
+                    svc.cache_tag
+                ),
+            ),
+            Found::Usable { digest } => (
+                Decision::Skip {
+                    image: digest.clone(),
+                },
+                format!("image for inputs {short} exists ({})", short_image(digest)),
+            ),
+            Found::Unusable { digest, reason } => (
+                Decision::Build,
+                format!(
+                    "the image under the content tag of inputs {short}{} cannot be used: {reason}",
+                    digest
+                        .as_deref()
+                        .map(|d| format!(" ({})", short_image(d)))
+                        .unwrap_or_default()
+                ),
+            ),
+            Found::Absent => (
+                Decision::Build,
+                format!("no image for inputs {short}{since_local}"),
+            ),
+        },
         (false, None) => match &local {
             None => (Decision::Build, "no previous state".to_owned()),
-            Some(old) if old.digest == inputs.digest => {
-                (Decision::Skip, "inputs unchanged".to_owned())
-            }
+            Some(old) if old.digest == inputs.digest => (
+                Decision::Unchanged,
+                "inputs unchanged since the last local build".to_owned(),
+            ),
             Some(_) => (
                 Decision::Build,
                 changes
@@ -145,23 +155,22 @@ pub fn decide(
         digest: inputs.digest,
         decision,
         reason,
-        image: remote.and_then(|r| r.image.clone()),
         changes,
     }
 }
 
 /// `sha256:0123456789ab`.
-pub fn short_image(digest: &str) -> String {
+pub(crate) fn short_image(digest: &str) -> String {
     digest.chars().take("sha256:".len() + 12).collect()
 }
 
 /// Registry lookups at once.
 const LOOKUPS: usize = 8;
 
-/// Decides for each service (with its inputs, dependencies first) from the registry, looking the content tags up
-/// in parallel; the local state adds what changed.
-pub async fn plan_remote(
-    registry: &RegistryClient,
+/// Decides for each service (with its inputs, dependencies first) from the registry, checking the content tags in
+/// parallel; the local state adds what changed.
+pub(crate) async fn plan_remote(
+    verifier: &Verifier,
     services: &[&Service],
     inputs: &[ServiceInputs],
     store: &StateStore,
@@ -170,7 +179,7 @@ pub async fn plan_remote(
 ) -> Result<Vec<ServicePlan>, RegistryError> {
     use futures::StreamExt;
     let remote = futures::stream::iter(services.iter().zip(inputs))
-        .map(|(svc, inp)| lookup_remote(registry, svc, &inp.digest, check_cache))
+        .map(|(svc, inp)| lookup_remote(verifier, svc, &inp.digest, check_cache))
         .buffered(LOOKUPS)
         .collect::<Vec<_>>()
         .await;

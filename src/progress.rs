@@ -15,8 +15,20 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::buildkit::status::{StatusUpdate, Vertex, VertexStatus};
-use crate::cli::args::ProgressMode;
 use crate::printer::{Printer, Verbosity};
+
+/// `--progress`: how build progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// A live view on a terminal, plain lines otherwise.
+    Auto,
+    /// A live view.
+    Tty,
+    /// Plain timestamped lines.
+    Plain,
+    /// One JSON object per line on stdout.
+    Json,
+}
 
 /// How many log lines per vertex are kept for the failure report (buildx keeps a similar tail).
 const RETAINED_LOG_LINES: usize = 20;
@@ -332,6 +344,21 @@ impl BuildState {
         (!report.is_empty()).then_some(report)
     }
 
+    /// Name and error of every vertex that failed (cancellations excluded), in row order.
+    pub fn errors(&self) -> Vec<(String, String)> {
+        let mut failed: Vec<(usize, String, String)> = (self.vertexes.values())
+            .filter_map(|e| match final_state(&e.latest) {
+                VertexState::Error { error } => {
+                    let index = self.units[e.unit].index.unwrap_or(usize::MAX);
+                    Some((index, e.latest.name.clone(), error))
+                }
+                _ => None,
+            })
+            .collect();
+        failed.sort_unstable();
+        failed.into_iter().map(|(_, n, e)| (n, e)).collect()
+    }
+
     /// (completed, total) rows, counting vertexes not started yet and each progress group once.
     pub fn counts(&self) -> (usize, usize) {
         let finished = |u| {
@@ -602,6 +629,11 @@ fn decode_line(bytes: &[u8]) -> String {
         .to_owned()
 }
 
+/// `sha256:0123456789ab`.
+fn short_digest(digest: &str) -> &str {
+    &digest[..digest.len().min("sha256:".len() + 12)]
+}
+
 /// Decimal byte sizes like buildctl: `512B`, `1.20MB`.
 fn human_bytes(n: i64) -> String {
     const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
@@ -701,6 +733,44 @@ impl Progress {
             ProgressMode::Json => View::Json,
         };
         Progress { printer, view }
+    }
+
+    /// Reports a tag move as it happens: a line on stderr (above the live view), or a `tag` event with
+    /// `--progress json`. Not under `--quiet`.
+    pub fn tag_moved(&self, service: &str, reference: &str, image: &str, from: Option<&str>) {
+        let was = from
+            .map(|f| format!(" (was {})", short_digest(f)))
+            .unwrap_or_default();
+        let line = format!(
+            "[{service}] tagged {reference} -> {}{was}",
+            short_digest(image)
+        );
+        match &self.view {
+            View::Quiet => {}
+            View::Plain => {
+                let _ = writeln!(self.printer.stderr(), "{line}");
+            }
+            View::Tty(multi) => {
+                let _ = multi.println(line);
+            }
+            View::Json => {
+                #[derive(Serialize)]
+                struct Tag<'a> {
+                    r#type: &'static str,
+                    reference: &'a str,
+                    image: &'a str,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    from: Option<&'a str>,
+                }
+                let tag = Tag {
+                    r#type: "tag",
+                    reference,
+                    image,
+                    from,
+                };
+                let _ = writeln!(self.printer.stdout(), "{}", json_line(service, &tag));
+            }
+        }
     }
 
     /// The handle through which the build of service `name` reports progress.

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{Digest, ServiceInputs};
+use crate::digest::Digest;
+use crate::hash::ServiceInputs;
 
 const STATE_VERSION: u32 = 1;
 

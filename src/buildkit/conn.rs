@@ -13,8 +13,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::UnixStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
-/// The default standalone buildkitd socket.
-pub const DEFAULT_ADDR: &str = "unix:///run/buildkit/buildkitd.sock";
 /// The default Docker socket for `docker://`.
 pub const DEFAULT_DOCKER_SOCK: &str = "/var/run/docker.sock";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,18 +78,42 @@ impl fmt::Display for Addr {
 }
 
 impl Addr {
-    /// The address to use when none is configured: the rootful buildkitd socket, else the rootless one.
+    /// The address to use when none is configured, as buildctl picks it: for a non-root user, the user's rootless
+    /// buildkitd (`$XDG_RUNTIME_DIR/buildkit/buildkitd.sock`) when it is there; otherwise the rootful socket (and
+    /// the rootless one when only it exists).
     pub fn default_local() -> Addr {
-        let rootful = Path::new("/run/buildkit/buildkitd.sock");
-        if !rootful.exists()
-            && let Some(run) = std::env::var_os("XDG_RUNTIME_DIR")
-        {
-            let rootless = Path::new(&run).join("buildkit/buildkitd.sock");
-            if rootless.exists() {
-                return Addr::Unix(rootless);
-            }
+        let rootful = Path::new(ROOTFUL_SOCKET);
+        let rootless = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(|run| Path::new(&run).join("buildkit/buildkitd.sock"))
+            .filter(|p| p.exists());
+        match rootless {
+            Some(rootless) if !is_root() || !rootful.exists() => Addr::Unix(rootless),
+            _ => Addr::Unix(rootful.to_owned()),
         }
-        Addr::Unix(rootful.to_owned())
+    }
+}
+
+/// The rootful buildkitd socket.
+pub const ROOTFUL_SOCKET: &str = "/run/buildkit/buildkitd.sock";
+
+/// Whether this process runs as root: `/proc/self` belongs to the effective user.
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+impl crate::error::Classify for AddrError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Usage
+    }
+}
+
+impl crate::error::Classify for ConnectError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            ConnectError::Unreachable { .. } => crate::error::ErrorKind::Failure,
+            ConnectError::Tls { .. } | ConnectError::TlsConfig(_) => crate::error::ErrorKind::Usage,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! info, disk usage and prune. No public function takes or returns a generated type.
 
 pub mod conn;
-pub(crate) mod proto;
+pub(crate) mod dockerfile;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,9 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::Channel;
 
+use crate::proto::moby::buildkit::v1 as pb;
+use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 pub use conn::{Addr, ConnectError, TlsOptions};
-use proto::moby::buildkit::v1 as pb;
-use proto::moby::buildkit::v1::control_client::ControlClient;
 pub use status::StatusUpdate;
 
 use crate::session::{Session, SessionError, stream::Pipe};
@@ -46,11 +46,29 @@ impl RpcError {
         }
     }
 
-    /// The gRPC status code.
-    pub fn code(&self) -> tonic::Code {
-        match self {
-            RpcError::Status { code, .. } => *code,
+    /// Whether the call failed because the connection to the daemon failed (the daemon stopped, restarted or was
+    /// never reached), rather than because of what was asked.
+    pub fn is_transport(&self) -> bool {
+        let RpcError::Status { code, message, .. } = self;
+        match code {
+            tonic::Code::Unavailable => true,
+            tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled => [
+                "transport error",
+                "connection",
+                "broken pipe",
+                "h2 protocol error",
+                "stream closed",
+            ]
+            .iter()
+            .any(|m| message.to_ascii_lowercase().contains(m)),
+            _ => false,
         }
+    }
+}
+
+impl crate::error::Classify for RpcError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Failure
     }
 }
 

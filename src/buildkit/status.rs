@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::proto::moby::buildkit::v1 as pb;
+use crate::proto::moby::buildkit::v1 as pb;
 
 /// One `StatusResponse`.
 #[derive(Debug, Clone, Default)]
@@ -22,8 +22,6 @@ pub struct StatusUpdate {
 pub struct Vertex {
     /// Vertex ID.
     pub digest: String,
-    /// Input vertex IDs.
-    pub inputs: Vec<String>,
     /// Display name.
     pub name: String,
     /// Came from the cache.
@@ -102,7 +100,6 @@ impl From<pb::StatusResponse> for StatusUpdate {
                 .into_iter()
                 .map(|v| Vertex {
                     digest: v.digest,
-                    inputs: v.inputs,
                     name: v.name,
                     cached: v.cached,
                     started: time(v.started),

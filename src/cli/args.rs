@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::buildkit::dockerfile::NetworkMode;
+pub use crate::progress::ProgressMode;
+
 /// Build and push the container images of a multi-service repository, skipping what did not change.
 #[derive(Debug, Parser)]
 #[command(name = "buildopt", version, about, propagate_version = true)]
@@ -31,19 +34,6 @@ pub struct GlobalArgs {
     /// How to show build progress.
     #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
-}
-
-/// `--progress`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProgressMode {
-    /// A live view on a terminal, plain lines otherwise.
-    Auto,
-    /// A live view.
-    Tty,
-    /// Plain timestamped lines.
-    Plain,
-    /// One JSON object per line on stdout.
-    Json,
 }
 
 /// The commands.
@@ -104,17 +94,6 @@ pub enum CacheMode {
     /// The registry cache under each service's `cache_tag`.
     Registry,
     /// No cache.
-    None,
-}
-
-/// RUN steps' network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NetworkMode {
-    /// The daemon's default (a sandbox network).
-    Default,
-    /// The host's network (needs the `network.host` entitlement).
-    Host,
-    /// No network.
     None,
 }
 

@@ -1,6 +1,6 @@
 //! The binary's edge: parse arguments, set up output and the runtime, run a command, turn errors into exit codes.
 
-pub mod args;
+pub(crate) mod args;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -46,7 +46,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 }
                 last = text;
             }
-            commands::status_of(&err).into()
+            err.status().into()
         }
     }
 }

@@ -1,65 +1,168 @@
-//! `buildopt build`: hash, ask the registry which inputs already have an image, point requested tags at those, and
-//! build the rest through BuildKit in dependency order (independent ones in parallel). A build pushes only its
-//! content tag; requested tags move only after it succeeded, so a failed or cancelled build never moves `latest`.
+//! `buildopt build`: hash, ask the registry which inputs already have a complete image, point requested tags at
+//! those, and build the rest through BuildKit in dependency order (independent ones in parallel).
+//!
+//! The promise is that a skipped service is exactly what a fresh build would produce and that the report says what
+//! happened in the registry. So: BuildKit pushes by digest only and buildopt writes every tag itself; the content
+//! tag only after checking that the session sent exactly the hashed inputs (and never over a complete image another
+//! build of the same inputs tagged first); requested tags only after that; each tag write is recorded before it is
+//! sent and read back at the end, also after a failure, SIGINT or SIGTERM.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
-use super::{CACHE_DIR, ExitStatus, UsageError, hash_all, registry_setup, select};
+use super::{
+    CACHE_DIR, Context as _, Error, ExitStatus, RegistrySetup, hash_all, registry_setup, select,
+};
 use crate::auth::Keychain;
-use crate::buildkit::{CacheEntry, Client, ExporterSpec, SolveSpec};
-use crate::cli::args::{BuildArgs, CacheMode, NetworkMode, ProgressMode};
+use crate::buildkit::dockerfile::{DockerfileSolve, NETWORK_HOST, NetworkMode};
+use crate::buildkit::{Client, ConnectError, RpcError};
+use crate::cli::args::{BuildArgs, CacheMode, DaemonArgs};
 use crate::config::{Registry, Service, Workspace};
-use crate::hash::{Digest, ServiceInputs};
-use crate::plan::{Decision, ServicePlan, plan_remote, short_image};
+use crate::digest::Digest;
+use crate::error::one_line;
+use crate::hash::{ChangedDuringBuild, ServiceInputs};
+use crate::plan::{Decision, ServicePlan, plan_remote};
 use crate::printer::Printer;
-use crate::progress::{Progress, ServiceProgress};
-use crate::registry::{RegistryClient, RegistryError, content_tag};
-use crate::session::{LOCAL_CONTEXT, LOCAL_DOCKERFILE, Session, new_id};
+use crate::progress::{Progress, ProgressMode, ServiceProgress};
+use crate::registry::promote::{
+    Claim, ClaimError, TagLedger, TagMove, claim_content_tag, move_tags,
+};
+use crate::registry::verify::Verifier;
+use crate::registry::{RegistryError, content_tag};
+use crate::report::{BuildReport, ServiceReport, Status};
+use crate::session::{LOCAL_CONTEXT, LOCAL_DOCKERFILE, Session, SessionError, new_id};
 use crate::state::{ServiceState, StateStore};
 
 /// How long the status stream may keep draining after the solve returned.
 const STATUS_DRAIN: Duration = Duration::from_secs(5);
+/// How long reading the tags back may take at the end of a run (an interrupted run must still end promptly).
+const READ_BACK: Duration = Duration::from_secs(5);
+/// The exporter response key of a registry cache export that ran.
+const CACHE_MANIFEST: &str = "cache.manifest";
 
-/// Options that are the same for every service of a run.
-struct RunOptions {
-    registry: Registry,
-    push: bool,
-    cache_to: CacheMode,
-    cache_from: CacheMode,
-    network: NetworkMode,
-    keychain: Arc<dyn Keychain>,
-    client: RegistryClient,
-    own: Vec<PathBuf>,
+/// Why one service failed.
+#[derive(Debug, thiserror::Error)]
+enum ServiceError {
+    /// BuildKit could not be reached.
+    #[error(transparent)]
+    Connect(Arc<ConnectError>),
+    /// The solve failed (a step, the frontend, a push).
+    #[error("{}{}", .source, entitlement_hint(.source))]
+    Solve {
+        /// The daemon's error.
+        source: RpcError,
+    },
+    /// The connection to the daemon dropped mid-build.
+    #[error(
+        "lost the connection to BuildKit at {addr} during the build (did the daemon stop or restart?); nothing was tagged"
+    )]
+    DaemonLost {
+        /// The daemon.
+        addr: String,
+        /// What the transport said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The inputs changed while the build ran.
+    #[error(transparent)]
+    Changed(#[from] ChangedDuringBuild),
+    /// The solve succeeded without an image.
+    #[error("BuildKit finished without an image digest; nothing was tagged")]
+    NoImage,
+    /// The content tag could not be written.
+    #[error("tagging the image for its inputs failed")]
+    Claim(#[source] ClaimError),
+    /// A requested tag could not be moved.
+    #[error("moving the requested tags failed")]
+    Tags(#[source] RegistryError),
+    /// The task of this service died.
+    #[error(
+        "the task of this service stopped unexpectedly ({0}); tags it moved are listed as read back"
+    )]
+    Panicked(String),
+    /// A dependency failed.
+    #[error("dependency `{0}` failed")]
+    Dependency(String),
+    /// The run was stopped before this service finished.
+    #[error("stopped before it finished")]
+    Interrupted,
+}
+
+/// How the daemon can be told to allow `RUN` on the host network, when that is what it refused.
+fn entitlement_hint(e: &RpcError) -> &'static str {
+    let text = e.to_string();
+    if text.contains(NETWORK_HOST) && (text.contains("not allowed") || text.contains("entitlement"))
+    {
+        "; the daemon does not allow RUN steps on the host network: start buildkitd with `--allow-insecure-entitlement network.host` (dockerd: `\"builder\": {\"entitlements\": {\"network-host\": true}}` in daemon.json), or build with the daemon's default network (`network = \"default\"` under [buildkit], or `--network default`)"
+    } else {
+        ""
+    }
 }
 
 /// How one service ended.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Outcome {
+    /// Built and tagged (when pushing).
     Built {
         image: String,
-        promoted: Vec<String>,
-        elapsed: Duration,
+        adopted: bool,
+        tags: Vec<TagMove>,
+        warnings: Vec<String>,
         cache_hits: (usize, usize),
+        elapsed: Duration,
     },
+    /// Its image existed; its tags were pointed at it.
     Skipped {
         image: String,
-        promoted: Vec<String>,
+        tags: Vec<TagMove>,
         elapsed: Duration,
     },
+    /// Failed; `image` is the image it was tagging when that failed.
     Failed {
-        error: String,
-        elapsed: Duration,
+        error: ServiceError,
+        image: Option<String>,
+        tags: Vec<TagMove>,
+        elapsed: Option<Duration>,
     },
-    DependencyFailed {
-        dependency: String,
-    },
+}
+
+impl Outcome {
+    /// The image dependents build on.
+    fn usable_image(&self) -> Option<&str> {
+        match self {
+            Outcome::Built { image, .. } | Outcome::Skipped { image, .. } => Some(image),
+            Outcome::Failed { .. } => None,
+        }
+    }
+}
+
+/// One service through the run.
+struct ServiceRun {
+    service: Service,
+    inputs: Arc<ServiceInputs>,
+    plan: ServicePlan,
+    outcome: Option<Outcome>,
+}
+
+/// What every service of a run shares.
+struct RunContext {
+    registry: Registry,
+    push: bool,
+    force: bool,
+    cache_to: bool,
+    cache_from: bool,
+    network: NetworkMode,
+    keychain: Arc<dyn Keychain>,
+    verifier: Verifier,
+    ledger: TagLedger,
+    own: Vec<PathBuf>,
+    progress: Progress,
 }
 
 pub(super) fn run(
@@ -67,29 +170,39 @@ pub(super) fn run(
     args: &BuildArgs,
     printer: Printer,
     progress: ProgressMode,
-) -> anyhow::Result<ExitStatus> {
+) -> Result<ExitStatus, Error> {
     let Some(registry) = ws.registry.clone() else {
-        return Err(UsageError(format!(
+        return Err(Error::usage(format!(
             "{}: `buildopt build` needs a [registry] with a `url`",
             ws.config_path.display()
-        ))
-        .into());
+        )));
     };
+    // Outputs are checked before anything is built or moved.
+    let metadata = args
+        .metadata_file
+        .as_deref()
+        .map(OutputFile::prepare)
+        .transpose()?;
     let started = Instant::now();
     let services: Vec<Service> = select(ws, &args.services)?.into_iter().cloned().collect();
     let refs: Vec<&Service> = services.iter().collect();
     let inputs = hash_all(ws, &refs, printer)?;
-    let network = args
-        .network
-        .unwrap_or(match ws.buildkit_network.as_deref() {
-            Some("host") => NetworkMode::Host,
-            Some("none") => NetworkMode::None,
-            _ => NetworkMode::Default,
-        });
+    let network = match args.network {
+        Some(n) => n,
+        None => ws
+            .buildkit_network
+            .as_deref()
+            .and_then(NetworkMode::parse)
+            .unwrap_or_default(),
+    };
     let push = !args.no_push;
     let store = StateStore::new(&ws.root.join(CACHE_DIR));
-    let result = super::block_on(async {
-        let (keychain, client) = registry_setup(
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let RegistrySetup { keychain, verifier } = registry_setup(
             &registry,
             args.ecr_endpoint.as_deref(),
             &refs,
@@ -97,397 +210,398 @@ pub(super) fn run(
             printer,
         )
         .await?;
-        let opts = Arc::new(RunOptions {
+        let check_cache = push && args.cache_to == CacheMode::Registry;
+        let plans = plan_remote(&verifier, &refs, &inputs, &store, check_cache, args.force)
+            .await
+            .context("asking the registry which inputs already have an image")?;
+        let mut runs: Vec<ServiceRun> = services
+            .iter()
+            .zip(inputs)
+            .zip(plans)
+            .map(|((service, inputs), plan)| ServiceRun {
+                service: service.clone(),
+                inputs: Arc::new(inputs),
+                plan,
+                outcome: None,
+            })
+            .collect();
+        let ctx = Arc::new(RunContext {
             registry: registry.clone(),
             push,
-            cache_to: args.cache_to,
-            cache_from: args.cache_from,
+            force: args.force,
+            cache_to: args.cache_to == CacheMode::Registry,
+            cache_from: args.cache_from == CacheMode::Registry,
             network,
             keychain,
-            client,
+            verifier,
+            ledger: TagLedger::default(),
             own: super::own_dirs(ws),
+            progress: Progress::new(progress, printer),
         });
-        let check_cache = push && args.cache_to == CacheMode::Registry;
-        let plans = plan_remote(
-            &opts.client,
-            &refs,
-            &inputs,
-            &store,
-            check_cache,
-            args.force,
-        )
-        .await?;
-        report_plan(printer, &plans)?;
+        let planned = report_of(&ctx, &runs, None, None, &HashMap::new());
+        planned.write_plan(&mut printer.stderr())?;
         if args.dry_run {
-            return Ok::<_, anyhow::Error>(Some((plans, HashMap::new())));
+            return Ok::<_, Error>((planned, Vec::new()));
         }
-        let progress = Progress::new(progress, printer);
-        let daemon = &args.daemon;
-        let work = run_plan(
-            daemon,
-            ws,
-            &services,
-            &inputs,
-            &plans,
-            &opts,
-            &progress,
-            usize::from(args.jobs),
+        let interrupted = tokio::select! {
+            () = execute(&ctx, &args.daemon, ws, &mut runs, usize::from(args.jobs)) => None,
+            signal = interrupt() => Some(signal),
+        };
+        // Whatever happened, the tags this run tried to move are read back from the registry.
+        let mut read_back = HashMap::new();
+        for run in &runs {
+            let name = &run.service.name;
+            if ctx.ledger.touched(name) {
+                let client = ctx.verifier.client();
+                read_back.insert(
+                    name.clone(),
+                    ctx.ledger.read_back(client, name, READ_BACK).await,
+                );
+            }
+        }
+        let report = report_of(
+            &ctx,
+            &runs,
+            interrupted,
+            Some(started.elapsed()),
+            &read_back,
         );
-        tokio::select! {
-            outcomes = work => Ok(Some((plans, outcomes?))),
-            _ = tokio::signal::ctrl_c() => Ok(None),
-        }
+        Ok((report, runs.into_iter().map(|r| r.inputs).collect()))
     });
-    let Some((plans, outcomes)) = result? else {
-        writeln!(
-            printer.errors(),
-            "error: interrupted: builds in progress were cancelled; no tag was moved for them"
-        )?;
-        return Ok(ExitStatus::Failure);
-    };
+    runtime.shutdown_background();
+    let (report, inputs) = report?;
     if args.dry_run {
         return Ok(ExitStatus::Success);
     }
-
-    let mut failed = false;
-    let mut out = printer.stderr();
-    let width = services.iter().map(|s| s.name.len()).max().unwrap_or(0);
-    let mut metadata = serde_json::Map::new();
-    for ((svc, inp), plan) in services.iter().zip(&inputs).zip(&plans) {
-        let outcome = &outcomes[&svc.name];
-        if matches!(outcome, Outcome::Built { .. } | Outcome::Skipped { .. })
-            && let Err(e) = store.save(&svc.name, &ServiceState::of(inp))
+    // The local state (what changed since, for `plan`) of every service that has an image for its inputs.
+    for (s, inputs) in report.services.iter().zip(&inputs) {
+        if matches!(s.status, Status::Built | Status::Skipped | Status::Promoted)
+            && let Err(e) = store.save(&s.service, &ServiceState::of(inputs))
         {
-            tracing::warn!("could not record the local state of `{}`: {e}", svc.name);
+            tracing::warn!("could not record the local state of `{}`: {e}", s.service);
         }
-        let line = match outcome {
-            Outcome::Built {
-                image,
-                elapsed,
-                promoted,
-                ..
-            } => format!(
-                "built     {:width$}  {}  {:.1}s{}",
-                svc.name,
-                short_image(image),
-                elapsed.as_secs_f64(),
-                if promoted.is_empty() {
-                    String::new()
-                } else {
-                    format!("  ({})", promoted.join(", "))
-                }
-            ),
-            Outcome::Skipped {
-                image,
-                promoted,
-                elapsed,
-            } if !promoted.is_empty() => format!(
-                "promoted  {:width$}  {}  {:.1}s  ({} -> image for inputs {})",
-                svc.name,
-                short_image(image),
-                elapsed.as_secs_f64(),
-                promoted.join(", "),
-                inp.digest.short()
-            ),
-            Outcome::Skipped { image, elapsed, .. } => {
-                format!(
-                    "skipped   {:width$}  {}  {:.1}s  (unchanged)",
-                    svc.name,
-                    short_image(image),
-                    elapsed.as_secs_f64()
-                )
-            }
-            Outcome::Failed { error, .. } => {
-                failed = true;
-                format!("failed    {:width$}  {error}", svc.name)
-            }
-            Outcome::DependencyFailed { dependency } => {
-                failed = true;
-                format!(
-                    "failed    {:width$}  dependency `{dependency}` failed",
-                    svc.name
-                )
-            }
-        };
-        writeln!(out, "{line}")?;
-        metadata.insert(
-            svc.name.clone(),
-            service_metadata(svc, inp, plan, outcome, &registry, push),
-        );
     }
-    writeln!(out, "total     {:.1}s", started.elapsed().as_secs_f64())?;
-    if let Some(path) = &args.metadata_file {
-        write_metadata(path, &serde_json::Value::Object(metadata))?;
+    report.write_summary(&mut printer.stderr())?;
+    if let Some(file) = metadata {
+        file.write(&serde_json::to_vec_pretty(&report.metadata())?)?;
     }
-    Ok(if failed {
-        ExitStatus::Failure
-    } else {
+    Ok(if report.succeeded() {
         ExitStatus::Success
+    } else {
+        ExitStatus::Failure
     })
 }
 
-fn report_plan(printer: Printer, plans: &[ServicePlan]) -> std::io::Result<()> {
-    let mut out = printer.stderr();
-    let width = plans.iter().map(|p| p.service.len()).max().unwrap_or(0);
-    for p in plans {
-        writeln!(
-            out,
-            "{:5} {:width$}  {}",
-            p.decision.as_str(),
-            p.service,
-            p.reason
-        )?;
-    }
-    Ok(())
-}
-
-fn service_metadata(
-    svc: &Service,
-    inp: &ServiceInputs,
-    plan: &ServicePlan,
-    outcome: &Outcome,
-    registry: &Registry,
-    push: bool,
-) -> serde_json::Value {
-    let names: Vec<String> = svc
-        .tags
-        .iter()
-        .map(|t| registry.reference(&svc.image, t))
-        .collect();
-    let (decision, image, elapsed, error, ratio) = match outcome {
-        Outcome::Built {
-            image,
-            elapsed,
-            cache_hits,
-            ..
-        } => {
-            let ratio = (cache_hits.1 > 0).then(|| cache_hits.0 as f64 / cache_hits.1 as f64);
-            ("built", Some(image), Some(elapsed), None, ratio)
-        }
-        Outcome::Skipped {
-            image,
-            promoted,
-            elapsed,
-        } => (
-            if promoted.is_empty() {
-                "skipped"
-            } else {
-                "promoted"
-            },
-            Some(image),
-            Some(elapsed),
-            None,
-            None,
-        ),
-        Outcome::Failed { error, elapsed } => {
-            ("failed", None, Some(elapsed), Some(error.clone()), None)
-        }
-        Outcome::DependencyFailed { dependency } => (
-            "failed",
-            None,
-            None,
-            Some(format!("dependency `{dependency}` failed")),
-            None,
-        ),
-    };
-    serde_json::json!({
-        "containerimage.digest": image,
-        "image.name": names.join(","),
-        "buildopt.decision": decision,
-        "buildopt.reason": plan.reason,
-        "buildopt.input-digest": inp.digest.to_string(),
-        "buildopt.content-tag": push.then(|| registry.reference(&svc.image, &content_tag(&inp.digest))),
-        "buildopt.tags": svc.tags,
-        "buildopt.duration-ms": elapsed.map(|d| d.as_millis() as u64),
-        "buildopt.cache-hit-ratio": ratio,
-        "buildopt.error": error,
-    })
-}
-
-fn write_metadata(path: &PathBuf, value: &serde_json::Value) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs_err::write(&tmp, serde_json::to_vec_pretty(value)?)?;
-    fs_err::rename(&tmp, path)?;
-    Ok(())
-}
-
-/// Moves each requested tag that does not already point at `image` to it. Returns the tags moved.
-async fn promote(
-    client: &RegistryClient,
-    svc: &Service,
-    source: &str,
-    image: &str,
-) -> Result<Vec<String>, RegistryError> {
-    let mut moved = Vec::new();
-    for tag in &svc.tags {
-        let target = client.reference(&svc.image, tag);
-        if client.lookup(&target).await?.as_deref() == Some(image) {
-            continue;
-        }
-        client.retag(source, &target).await?;
-        moved.push(tag.clone());
-    }
-    Ok(moved)
-}
-
-/// Carries out the plan: skipped services get their tags promoted, the rest are built (connecting to BuildKit only
-/// if something is to be built).
-#[allow(clippy::too_many_arguments)]
-async fn run_plan(
-    daemon: &crate::cli::args::DaemonArgs,
-    ws: &Workspace,
-    services: &[Service],
-    inputs: &[ServiceInputs],
-    plans: &[ServicePlan],
-    opts: &Arc<RunOptions>,
-    progress: &Progress,
-    jobs: usize,
-) -> anyhow::Result<HashMap<String, Outcome>> {
-    let mut outcomes: HashMap<String, Outcome> = HashMap::new();
-    let mut images: BTreeMap<String, String> = BTreeMap::new();
-    for ((svc, inp), plan) in services.iter().zip(inputs).zip(plans) {
-        if plan.decision != Decision::Skip {
-            continue;
-        }
-        let started = Instant::now();
-        let image = plan.image.clone().expect("a skip has an image");
-        let source = opts.client.reference(&svc.image, &content_tag(&inp.digest));
-        let promoted = if opts.push {
-            promote(&opts.client, svc, &source, &image).await?
-        } else {
-            Vec::new()
-        };
-        images.insert(svc.name.clone(), image.clone());
-        outcomes.insert(
-            svc.name.clone(),
-            Outcome::Skipped {
-                image,
-                promoted,
-                elapsed: started.elapsed(),
-            },
-        );
-    }
-    let to_build: Vec<usize> = (0..services.len())
-        .filter(|&i| plans[i].decision == Decision::Build)
-        .collect();
-    if to_build.is_empty() {
-        return Ok(outcomes);
-    }
-    let client = super::daemon::connect(daemon, Some(ws)).await?;
-    schedule(
-        &client,
-        services,
-        inputs,
-        to_build,
-        opts,
-        progress,
-        jobs,
-        &mut outcomes,
-        &mut images,
-    )
-    .await;
-    Ok(outcomes)
-}
-
-/// Runs the builds: a service starts once all its dependencies have an image, at most `jobs` at a time.
-#[allow(clippy::too_many_arguments)]
-async fn schedule(
-    client: &Client,
-    services: &[Service],
-    inputs: &[ServiceInputs],
-    mut pending: Vec<usize>,
-    opts: &Arc<RunOptions>,
-    progress: &Progress,
-    jobs: usize,
-    outcomes: &mut HashMap<String, Outcome>,
-    images: &mut BTreeMap<String, String>,
-) {
-    let mut running = JoinSet::new();
-    loop {
-        // Services whose dependency failed fail too, without building.
-        pending.retain(|&i| {
-            let svc = &services[i];
-            let failed_dep = svc.depends_on.iter().find(|d| {
-                matches!(
-                    outcomes.get(*d),
-                    Some(Outcome::Failed { .. } | Outcome::DependencyFailed { .. })
-                )
-            });
-            match failed_dep {
-                Some(dep) => {
-                    outcomes.insert(
-                        svc.name.clone(),
-                        Outcome::DependencyFailed {
-                            dependency: dep.clone(),
-                        },
-                    );
-                    false
-                }
-                None => true,
+/// Waits for SIGINT or SIGTERM and names it. Both stop the run the same way.
+async fn interrupt() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let term = async {
+        match &mut term {
+            Some(t) => {
+                t.recv().await;
             }
-        });
-        while running.len() < jobs {
-            let Some(pos) = pending.iter().position(|&i| {
-                services[i]
-                    .depends_on
-                    .iter()
-                    .all(|d| images.contains_key(d))
-            }) else {
-                break;
-            };
-            let i = pending.remove(pos);
-            let svc = services[i].clone();
-            let deps: Vec<(Service, String)> = svc
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        () = term => "SIGTERM",
+    }
+}
+
+/// The report of the runs so far.
+fn report_of(
+    ctx: &RunContext,
+    runs: &[ServiceRun],
+    interrupted: Option<&'static str>,
+    duration: Option<Duration>,
+    read_back: &HashMap<String, Vec<crate::registry::promote::ReadBack>>,
+) -> BuildReport {
+    let services = runs
+        .iter()
+        .map(|run| {
+            let svc = &run.service;
+            let content = ctx.push.then(|| {
+                ctx.registry
+                    .reference(&svc.image, &content_tag(&run.inputs.digest))
+            });
+            let mut report = ServiceReport::planned(
+                &run.plan,
+                format!("{}/{}", ctx.registry.url, svc.image),
+                content,
+            );
+            let back = read_back
+                .get(&svc.name)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            match &run.outcome {
+                None if duration.is_none() => {}
+                None => {
+                    report.status = Status::Interrupted;
+                    report.error = Some(ServiceError::Interrupted.to_string());
+                    report.set_tags(&[], back);
+                }
+                Some(Outcome::Built {
+                    image,
+                    adopted,
+                    tags,
+                    warnings,
+                    cache_hits,
+                    elapsed,
+                }) => {
+                    report.status = Status::Built;
+                    report.image = Some(image.clone());
+                    report.adopted = *adopted;
+                    report.set_tags(tags, back);
+                    report.warnings.clone_from(warnings);
+                    report.cache_hits = Some(*cache_hits);
+                    report.duration = Some(*elapsed);
+                }
+                Some(Outcome::Skipped {
+                    image,
+                    tags,
+                    elapsed,
+                }) => {
+                    report.set_tags(tags, back);
+                    report.status = if report.tags.iter().any(|t| t.state == "moved") {
+                        Status::Promoted
+                    } else {
+                        Status::Skipped
+                    };
+                    report.image = Some(image.clone());
+                    report.duration = Some(*elapsed);
+                }
+                Some(Outcome::Failed {
+                    error,
+                    image,
+                    tags,
+                    elapsed,
+                }) => {
+                    report.status = Status::Failed;
+                    report.error = Some(one_line(error));
+                    report.image.clone_from(image);
+                    report.set_tags(tags, back);
+                    report.duration = *elapsed;
+                }
+            }
+            report
+        })
+        .collect();
+    BuildReport {
+        services,
+        interrupted,
+        duration,
+    }
+}
+
+
+/// What a finished task hands back.
+type Finished = (usize, Outcome);
+
+/// Carries out the plan: skipped services get their tags pointed at their image, the rest are built once their
+/// dependencies have an image (at most `jobs` builds at a time), connecting to BuildKit only if something is to be
+/// built. Outcomes are written into `runs` as they come, so an interrupt (which drops this future and with it every
+/// task) leaves the finished ones in place.
+async fn execute(
+    ctx: &Arc<RunContext>,
+    daemon: &DaemonArgs,
+    ws: &Workspace,
+    runs: &mut [ServiceRun],
+    jobs: usize,
+) {
+    let mut tasks: JoinSet<Finished> = JoinSet::new();
+    let mut task_of: HashMap<tokio::task::Id, usize> = HashMap::new();
+    let mut started = vec![false; runs.len()];
+    let mut building = 0;
+    let client: OnceCell<Result<Client, Arc<ConnectError>>> = OnceCell::new();
+    loop {
+        // Dependents of failed services fail too, without building.
+        for i in 0..runs.len() {
+            if started[i] || runs[i].outcome.is_some() {
+                continue;
+            }
+            let failed = runs[i].service.depends_on.iter().find(|d| {
+                runs.iter().any(|r| {
+                    &r.service.name == *d && matches!(r.outcome, Some(Outcome::Failed { .. }))
+                })
+            });
+            if let Some(dep) = failed {
+                runs[i].outcome = Some(Outcome::Failed {
+                    error: ServiceError::Dependency(dep.clone()),
+                    image: None,
+                    tags: Vec::new(),
+                    elapsed: None,
+                });
+            }
+        }
+        for i in 0..runs.len() {
+            if started[i] || runs[i].outcome.is_some() {
+                continue;
+            }
+            let deps: Option<Vec<(Service, String)>> = runs[i]
+                .service
                 .depends_on
                 .iter()
                 .map(|d| {
-                    (
-                        services
-                            .iter()
-                            .find(|s| &s.name == d)
-                            .expect("dependencies are selected")
-                            .clone(),
-                        images[d].clone(),
-                    )
+                    let dep = runs.iter().find(|r| &r.service.name == d)?;
+                    Some((
+                        dep.service.clone(),
+                        dep.outcome.as_ref()?.usable_image()?.to_owned(),
+                    ))
                 })
                 .collect();
-            let (client, opts) = (client.clone(), opts.clone());
-            let digest = inputs[i].digest;
-            let sp = progress.service(&svc.name);
-            running.spawn(async move {
-                let started = Instant::now();
-                let result = build_one(&client, &svc, digest, &deps, &opts, sp).await;
-                (svc.name.clone(), result, started.elapsed())
-            });
+            let Some(deps) = deps else { continue };
+            match &runs[i].plan.decision {
+                Decision::Skip { image } => {
+                    started[i] = true;
+                    let (ctx, svc, image) = (ctx.clone(), runs[i].service.clone(), image.clone());
+                    let id = tasks
+                        .spawn(async move { (i, promote(&ctx, &svc, image).await) })
+                        .id();
+                    task_of.insert(id, i);
+                }
+                Decision::Build | Decision::Unchanged if building < jobs => {
+                    let client = client
+                        .get_or_init(|| async {
+                            super::daemon::connect(daemon, Some(ws))
+                                .await
+                                .map_err(|e| Arc::new(connect_error(e)))
+                        })
+                        .await;
+                    started[i] = true;
+                    let client = match client {
+                        Ok(c) => c.clone(),
+                        Err(e) => {
+                            runs[i].outcome = Some(Outcome::Failed {
+                                error: ServiceError::Connect(e.clone()),
+                                image: None,
+                                tags: Vec::new(),
+                                elapsed: None,
+                            });
+                            continue;
+                        }
+                    };
+                    building += 1;
+                    let (ctx, run) = (ctx.clone(), &runs[i]);
+                    let (svc, inputs) = (run.service.clone(), run.inputs.clone());
+                    let sp = ctx.progress.service(&svc.name);
+                    let id =
+                        tasks
+                            .spawn(async move {
+                                (i, build(&ctx, &client, &svc, &inputs, &deps, sp).await)
+                            })
+                            .id();
+                    task_of.insert(id, i);
+                }
+                Decision::Build | Decision::Unchanged => {}
+            }
         }
-        let Some(joined) = running.join_next().await else {
+        let Some(joined) = tasks.join_next_with_id().await else {
+            // Nothing runs, and nothing more can start (the rest failed or waits on what failed).
             break;
         };
-        let (name, result, elapsed) = match joined {
-            Ok(r) => r,
+        let (i, outcome) = match joined {
+            Ok((_, finished)) => finished,
             Err(e) => {
-                tracing::error!("a build task failed: {e}");
-                continue;
+                let i = task_of[&e.id()];
+                let why = if e.is_panic() {
+                    panic_message(e.into_panic())
+                } else {
+                    "cancelled".to_owned()
+                };
+                let outcome = Outcome::Failed {
+                    error: ServiceError::Panicked(why),
+                    image: None,
+                    tags: Vec::new(),
+                    elapsed: None,
+                };
+                (i, outcome)
             }
         };
-        match result {
-            Ok((image, promoted, cache_hits)) => {
-                images.insert(name.clone(), image.clone());
-                outcomes.insert(
-                    name,
-                    Outcome::Built {
-                        image,
-                        promoted,
-                        elapsed,
-                        cache_hits,
-                    },
-                );
-            }
-            Err(error) => {
-                outcomes.insert(name, Outcome::Failed { error, elapsed });
-            }
+        if matches!(runs[i].plan.decision, Decision::Build | Decision::Unchanged) {
+            building -= 1;
+        }
+        runs[i].outcome = Some(outcome);
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// The connection error of the daemon commands' connect, as the typed error it started from.
+fn connect_error(e: Error) -> ConnectError {
+    let text = e.to_string();
+    for cause in e.chain() {
+        if let Some(c) = cause.downcast_ref::<ConnectError>() {
+            return match c {
+                ConnectError::Unreachable { addr, hint, .. } => ConnectError::Unreachable {
+                    addr: addr.clone(),
+                    hint: hint.clone(),
+                    source: text.clone().into(),
+                },
+                ConnectError::Tls { path, source } => ConnectError::Tls {
+                    path: path.clone(),
+                    source: std::io::Error::new(source.kind(), source.to_string()),
+                },
+                ConnectError::TlsConfig(m) => ConnectError::TlsConfig(m.clone()),
+            };
         }
     }
+    ConnectError::TlsConfig(text)
+}
+
+/// A skipped service: point its requested tags at its image.
+async fn promote(ctx: &RunContext, svc: &Service, image: String) -> Outcome {
+    let started = Instant::now();
+    if !ctx.push {
+        return Outcome::Skipped {
+            image,
+            tags: Vec::new(),
+            elapsed: started.elapsed(),
+        };
+    }
+    let (tags, failure) = move_requested_tags(ctx, svc, &image).await;
+    match failure {
+        None => Outcome::Skipped {
+            image,
+            tags,
+            elapsed: started.elapsed(),
+        },
+        Some(e) => Outcome::Failed {
+            error: ServiceError::Tags(e),
+            image: Some(image),
+            tags,
+            elapsed: Some(started.elapsed()),
+        },
+    }
+}
+
+async fn move_requested_tags(
+    ctx: &RunContext,
+    svc: &Service,
+    image: &str,
+) -> (Vec<TagMove>, Option<RegistryError>) {
+    let client = ctx.verifier.client();
+    let on_move = |tag: &str, from: Option<&str>| {
+        let reference = client.reference(&svc.image, tag);
+        ctx.progress.tag_moved(&svc.name, &reference, image, from);
+    };
+    move_tags(
+        client,
+        &ctx.ledger,
+        &svc.name,
+        &svc.image,
+        &svc.tags,
+        image,
+        &on_move,
+    )
+    .await
 }
 
 /// A stable key per machine and context, so the daemon can reuse the previous upload of this context.
@@ -496,127 +610,84 @@ fn shared_key(svc: &Service) -> String {
     let mut h = blake3::Hasher::new();
     h.update(&machine);
     h.update(svc.context.as_os_str().as_encoded_bytes());
-    Digest(*h.finalize().as_bytes()).short()
+    Digest::from(h.finalize()).short()
 }
 
-/// The solve for one service.
-fn solve_spec(
-    svc: &Service,
-    digest: &Digest,
-    deps: &[(Service, String)],
-    opts: &RunOptions,
-) -> SolveSpec {
-    let reg = &opts.registry;
-    let insecure = || [("registry.insecure".to_owned(), "true".to_owned())];
-    let mut attrs = BTreeMap::new();
-    let filename = svc
-        .dockerfile
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    attrs.insert("filename".to_owned(), filename);
-    if let Some(t) = &svc.target {
-        attrs.insert("target".to_owned(), t.clone());
-    }
-    if !svc.platforms.is_empty() {
-        attrs.insert("platform".to_owned(), svc.platforms.join(","));
-    }
-    for (k, v) in &svc.build_args {
-        attrs.insert(format!("build-arg:{k}"), v.clone());
-    }
-    for (k, v) in &svc.labels {
-        attrs.insert(format!("label:{k}"), v.clone());
-    }
-    // A dependency is pinned by digest (built in this run or found by its content tag), so `FROM <its image>` never
-    // pulls a stale tag.
-    for (dep, image) in deps {
-        let pinned = format!("docker-image://{}/{}@{image}", reg.url, dep.image);
-        attrs.insert(format!("context:{}/{}", reg.url, dep.image), pinned.clone());
-        for tag in &dep.tags {
-            attrs.insert(
-                format!("context:{}", reg.reference(&dep.image, tag)),
-                pinned.clone(),
-            );
-        }
-    }
-    let mut entitlements = Vec::new();
-    match opts.network {
-        NetworkMode::Default => {}
-        NetworkMode::Host => {
-            attrs.insert("force-network-mode".to_owned(), "host".to_owned());
-            entitlements.push("network.host".to_owned());
-        }
-        NetworkMode::None => {
-            attrs.insert("force-network-mode".to_owned(), "none".to_owned());
-        }
-    }
-    // Pushing: only the content tag; the requested tags are moved after the build succeeded.
-    let names: Vec<String> = if opts.push {
-        vec![reg.reference(&svc.image, &content_tag(digest))]
-    } else {
-        svc.tags
-            .iter()
-            .map(|t| reg.reference(&svc.image, t))
-            .collect()
-    };
-    let mut exporter: BTreeMap<String, String> = [
-        ("name".to_owned(), names.join(",")),
-        ("push".to_owned(), opts.push.to_string()),
-    ]
-    .into();
-    let cache_ref = reg.reference(&svc.image, &svc.cache_tag);
-    let mut cache_export: BTreeMap<String, String> = [
-        ("ref", cache_ref.as_str()),
-        ("mode", "max"),
-        ("image-manifest", "true"),
-        ("oci-mediatypes", "true"),
-        ("ignore-error", "true"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let mut cache_import: BTreeMap<String, String> = [("ref".to_owned(), cache_ref.clone())].into();
-    if reg.insecure {
-        exporter.extend(insecure());
-        cache_export.extend(insecure());
-        cache_import.extend(insecure());
-    }
-    SolveSpec {
-        reference: new_id(),
-        frontend: "dockerfile.v0".to_owned(),
-        frontend_attrs: attrs,
-        exporters: vec![ExporterSpec {
-            kind: "image".to_owned(),
-            attrs: exporter,
-        }],
-        cache_exports: match opts.cache_to {
-            CacheMode::Registry if opts.push => vec![CacheEntry {
-                kind: "registry".to_owned(),
-                attrs: cache_export,
-            }],
-            _ => Vec::new(),
-        },
-        cache_imports: match opts.cache_from {
-            CacheMode::Registry => vec![CacheEntry {
-                kind: "registry".to_owned(),
-                attrs: cache_import,
-            }],
-            CacheMode::None => Vec::new(),
-        },
-        entitlements,
-    }
-}
-
-/// Builds one service, then (when pushing) verifies its content tag and moves the requested tags to it. Returns
-/// the image digest, the tags moved and the cache hits, or the error to show.
-async fn build_one(
+/// Builds one service; when pushing, checks what the session sent, claims the content tag and moves the requested
+/// tags.
+async fn build(
+    ctx: &RunContext,
     client: &Client,
     svc: &Service,
-    digest: Digest,
+    inputs: &ServiceInputs,
     deps: &[(Service, String)],
-    opts: &RunOptions,
+    progress: ServiceProgress,
+) -> Outcome {
+    let started = Instant::now();
+    let failed = |error: ServiceError, image: Option<String>, tags: Vec<TagMove>| Outcome::Failed {
+        error,
+        image,
+        tags,
+        elapsed: Some(started.elapsed()),
+    };
+    let built = solve(ctx, client, svc, inputs, deps, progress).await;
+    let (image, cache_hits, warnings) = match built {
+        Ok(b) => b,
+        Err(e) => return failed(e, None, Vec::new()),
+    };
+    if !ctx.push {
+        return Outcome::Built {
+            image,
+            adopted: false,
+            tags: Vec::new(),
+            warnings,
+            cache_hits,
+            elapsed: started.elapsed(),
+        };
+    }
+    let claim = claim_content_tag(
+        &ctx.verifier,
+        &svc.image,
+        &content_tag(&inputs.digest),
+        &image,
+        ctx.force,
+    )
+    .await;
+    let (image, adopted) = match claim {
+        Ok(Claim::Ours) => (image, false),
+        Ok(Claim::Theirs { image: theirs }) => {
+            tracing::info!(
+                "service `{}`: another build of the same inputs tagged {theirs} first; using it instead of {image}",
+                svc.name
+            );
+            (theirs, true)
+        }
+        Err(e) => return failed(ServiceError::Claim(e), Some(image), Vec::new()),
+    };
+    let (tags, failure) = move_requested_tags(ctx, svc, &image).await;
+    if let Some(e) = failure {
+        return failed(ServiceError::Tags(e), Some(image), tags);
+    }
+    Outcome::Built {
+        image,
+        adopted,
+        tags,
+        warnings,
+        cache_hits,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Runs the solve with its session and status stream. Returns the pushed image's digest, the cache hits and
+/// warnings, once the session's transfers have been checked against the hashed inputs.
+async fn solve(
+    ctx: &RunContext,
+    client: &Client,
+    svc: &Service,
+    inputs: &ServiceInputs,
+    deps: &[(Service, String)],
     mut progress: ServiceProgress,
-) -> Result<(String, Vec<String>, (usize, usize)), String> {
+) -> Result<(String, (usize, usize), Vec<String>), ServiceError> {
     let dockerfile_dir: PathBuf = svc
         .dockerfile
         .parent()
@@ -627,25 +698,38 @@ async fn build_one(
         (LOCAL_DOCKERFILE.to_owned(), dockerfile_dir),
     ]);
     let session =
-        Session::new(dirs, opts.keychain.clone(), shared_key(svc)).hide_own(opts.own.clone());
+        Session::new(dirs, ctx.keychain.clone(), shared_key(svc)).hide_own(ctx.own.clone());
     let session_id = session.id().to_owned();
-    let mut spec = solve_spec(svc, &digest, deps, opts);
     // Import the registry cache only when it exists: a missing one is normal on a first build, and BuildKit would
     // report it as a failed step.
-    if !spec.cache_imports.is_empty() {
-        let cache_ref = opts.registry.reference(&svc.image, &svc.cache_tag);
-        if !matches!(opts.client.lookup(&cache_ref).await, Ok(Some(_))) {
-            spec.cache_imports.clear();
-        }
+    let cache_import = ctx.cache_from && {
+        let r = ctx.verifier.client();
+        matches!(
+            r.lookup(&r.reference(&svc.image, &svc.cache_tag)).await,
+            Ok(Some(_))
+        )
+    };
+    let spec = DockerfileSolve {
+        service: svc,
+        registry: &ctx.registry,
+        push: ctx.push,
+        cache_export: ctx.cache_to,
+        cache_import,
+        network: ctx.network,
+        deps,
     }
+    .spec(new_id());
+    let cache_ref = ctx.registry.reference(&svc.image, &svc.cache_tag);
 
-    // The status stream is followed on its own task; its handle is kept and it is dropped if it outlives the build.
-    let status = {
+    // The status stream is followed on its own task, owned here; it is dropped if it outlives the build.
+    let (seen_tx, seen_rx) = tokio::sync::watch::channel(false);
+    let mut status = {
         let client = client.clone();
         let reference = spec.reference.clone();
         tokio::spawn(async move {
             if let Ok(mut stream) = client.status(&reference).await {
                 while let Some(Ok(update)) = stream.next().await {
+                    let _ = seen_tx.send(true);
                     progress.update(&update);
                 }
             }
@@ -653,14 +737,17 @@ async fn build_one(
         })
     };
     let result = tokio::select! {
-        r = client.solve(&spec, &session_id) => r.map_err(|e| e.to_string()),
-        r = client.run_session(session) => Err(match r {
-            Ok(()) => "the daemon closed the session before the build finished".to_owned(),
-            Err(e) => format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()),
-        }),
+        r = client.solve(&spec, &session_id) => r.map_err(|e| solve_error(client, e)),
+        r = client.run_session(session.clone()) => Err(session_error(client, r)),
     };
-    let mut status = status;
-    let progress = match tokio::time::timeout(STATUS_DRAIN, &mut status).await {
+    // A solve that failed before the daemon started the job has no status to wait for (the daemon would hold the
+    // stream open for seconds).
+    let drain = if result.is_ok() || *seen_rx.borrow() {
+        STATUS_DRAIN
+    } else {
+        Duration::ZERO
+    };
+    let progress = match tokio::time::timeout(drain, &mut status).await {
         Ok(Ok(p)) => Some(p),
         Ok(Err(_)) => None,
         Err(_) => {
@@ -668,53 +755,121 @@ async fn build_one(
             None
         }
     };
-    let cache_hits = progress
+    let (cache_hits, vertex_errors) = progress
         .as_ref()
-        .map(|p| p.state().cache_hits())
+        .map(|p| (p.state().cache_hits(), p.state().errors()))
         .unwrap_or_default();
-    let result = result.and_then(|outcome| {
-        outcome
+    let checked = result.and_then(|outcome| {
+        let image = outcome
             .image_digest()
             .map(str::to_owned)
-            .ok_or_else(|| "BuildKit returned no image digest".to_owned())
-    });
-    let result = match result {
-        Ok(image) if opts.push => {
-            let source = opts.registry.reference(&svc.image, &content_tag(&digest));
-            verify_and_promote(&opts.client, svc, &source, &image)
-                .await
-                .map(|promoted| (image, promoted, cache_hits))
+            .ok_or(ServiceError::NoImage)?;
+        // Hashed = sent: the content tag is only for an image built from exactly the hashed inputs.
+        inputs.check_sent(svc, &session.transfers())?;
+        let mut warnings = Vec::new();
+        if !spec.cache_exports.is_empty()
+            && !outcome.exporter_response.contains_key(CACHE_MANIFEST)
+        {
+            let why = vertex_errors
+                .iter()
+                .find(|(name, _)| name.contains("cache"))
+                .map(|(_, e)| e.clone())
+                .unwrap_or_else(|| "BuildKit reported no cache manifest".to_owned());
+            warnings.push(format!(
+                "exporting the registry cache to {cache_ref} failed: {why}; the image was still pushed{}, and the next build with --cache-to registry will rebuild to export it",
+                if ctx.push { " and tagged" } else { "" }
+            ));
         }
-        Ok(image) => Ok((image, Vec::new(), cache_hits)),
-        Err(e) => Err(e),
-    };
+        Ok((image, warnings))
+    });
     if let Some(p) = progress {
-        p.finish(&result.as_ref().map(|_| ()).map_err(Clone::clone));
+        p.finish(&checked.as_ref().map(|_| ()).map_err(|e| one_line(e)));
     }
-    result
+    checked.map(|(image, warnings)| (image, cache_hits, warnings))
 }
 
-async fn verify_and_promote(
-    client: &RegistryClient,
-    svc: &Service,
-    source: &str,
-    image: &str,
-) -> Result<Vec<String>, String> {
-    match client.lookup(source).await {
-        Ok(Some(found)) if found == image => {}
-        Ok(Some(found)) => {
-            return Err(format!(
-                "the registry has {found} under {source}, not the image just built ({image})"
-            ));
+/// A failed solve: the daemon gone, or the build's own failure.
+fn solve_error(client: &Client, e: RpcError) -> ServiceError {
+    if e.is_transport() {
+        ServiceError::DaemonLost {
+            addr: client.addr().to_string(),
+            source: Box::new(e),
         }
-        Ok(None) => {
-            return Err(format!(
-                "BuildKit reported a push, but the registry has no {source}"
-            ));
-        }
-        Err(e) => return Err(format!("{e:#}")),
+    } else {
+        ServiceError::Solve { source: e }
     }
-    promote(client, svc, source, image)
-        .await
-        .map_err(|e| format!("{e}"))
+}
+
+/// The session ended before the solve did: the daemon (or the connection to it) is gone.
+fn session_error(client: &Client, r: Result<(), SessionError>) -> ServiceError {
+    ServiceError::DaemonLost {
+        addr: client.addr().to_string(),
+        source: match r {
+            Ok(()) => "the daemon closed the session".into(),
+            Err(e) => Box::new(e),
+        },
+    }
+}
+
+/// A file written after the run (`--metadata-file`), checked before anything is built: its directory must exist and
+/// be writable. Written atomically, so a reader never sees half of it and a failed write leaves nothing behind.
+struct OutputFile {
+    path: PathBuf,
+}
+
+impl OutputFile {
+    fn prepare(path: &Path) -> Result<OutputFile, Error> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            return Err(Error::usage(format!(
+                "--metadata-file {}: directory {} does not exist; create it or choose another path",
+                path.display(),
+                dir.display()
+            )));
+        }
+        if path.is_dir() {
+            return Err(Error::usage(format!(
+                "--metadata-file {}: is a directory; name a file",
+                path.display()
+            )));
+        }
+        let probe = Self::temp_path(path, "probe");
+        match fs_err::write(&probe, b"") {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&probe);
+            }
+            Err(e) => {
+                return Err(Error::usage(format!(
+                    "--metadata-file {}: cannot write to {}: {}; choose another path",
+                    path.display(),
+                    dir.display(),
+                    e
+                )));
+            }
+        }
+        Ok(OutputFile {
+            path: path.to_owned(),
+        })
+    }
+
+    /// `.<name>.<what>.<pid>` beside the file.
+    fn temp_path(path: &Path, what: &str) -> PathBuf {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        path.with_file_name(format!(".{name}.{what}.{}", std::process::id()))
+    }
+
+    fn write(&self, bytes: &[u8]) -> Result<(), Error> {
+        let tmp = Self::temp_path(&self.path, "tmp");
+        let result = fs_err::write(&tmp, bytes).and_then(|()| fs_err::rename(&tmp, &self.path));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(result?)
+    }
 }

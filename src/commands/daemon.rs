@@ -2,22 +2,20 @@
 
 use std::io::Write;
 
-use anyhow::Context as _;
-
-use super::ExitStatus;
+use super::{Context as _, Error, ExitStatus};
 use crate::buildkit::{Addr, Client, PruneSpec, TlsOptions};
 use crate::cli::args::{DaemonArgs, PruneArgs};
 use crate::config::Workspace;
 use crate::printer::Printer;
 
 /// Resolves the address (flag or `BUILDKIT_HOST`, then config, then the local default) and connects.
-pub(super) async fn connect(args: &DaemonArgs, ws: Option<&Workspace>) -> anyhow::Result<Client> {
+pub(super) async fn connect(args: &DaemonArgs, ws: Option<&Workspace>) -> Result<Client, Error> {
     let addr: Addr = match args
         .addr
         .as_deref()
         .or(ws.and_then(|w| w.buildkit_addr.as_deref()))
     {
-        Some(a) => a.parse().map_err(|e| super::UsageError(format!("{e}")))?,
+        Some(a) => a.parse()?,
         None => Addr::default_local(),
     };
     let tls = TlsOptions {
@@ -37,7 +35,7 @@ pub(super) async fn doctor(
     args: &DaemonArgs,
     ws: Option<&Workspace>,
     printer: Printer,
-) -> anyhow::Result<ExitStatus> {
+) -> Result<ExitStatus, Error> {
     let client = connect(args, ws).await?;
     let info = client
         .info()
@@ -75,7 +73,7 @@ pub(super) async fn du(
     args: &DaemonArgs,
     ws: Option<&Workspace>,
     printer: Printer,
-) -> anyhow::Result<ExitStatus> {
+) -> Result<ExitStatus, Error> {
     let client = connect(args, ws).await?;
     let mut records = client.disk_usage().await?;
     records.sort_by_key(|r| std::cmp::Reverse(r.size));
@@ -110,10 +108,10 @@ pub(super) async fn prune(
     args: &PruneArgs,
     ws: Option<&Workspace>,
     printer: Printer,
-) -> anyhow::Result<ExitStatus> {
+) -> Result<ExitStatus, Error> {
     let keep_bytes = match &args.keep_storage {
         Some(s) => parse_size(s).ok_or_else(|| {
-            super::UsageError(format!(
+            Error::usage(format!(
                 "invalid --keep-storage `{s}`: use e.g. 10GB or 512MiB"
             ))
         })?,

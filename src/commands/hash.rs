@@ -2,16 +2,14 @@
 
 use std::io::Write;
 
-use anyhow::Context as _;
-
-use super::{ExitStatus, hash_all, select};
+use super::{Context as _, Error, ExitStatus, hash_all, select};
 use crate::cli::args::HashArgs;
 use crate::config::Workspace;
 use crate::context::EntryKind;
 use crate::hash::select_context;
 use crate::printer::Printer;
 
-pub(super) fn run(ws: &Workspace, args: &HashArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+pub(super) fn run(ws: &Workspace, args: &HashArgs, printer: Printer) -> Result<ExitStatus, Error> {
     if let Some(name) = &args.list {
         let svc = select(ws, std::slice::from_ref(name))?
             .into_iter()

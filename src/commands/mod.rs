@@ -6,16 +6,21 @@ mod hash;
 mod plan;
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use anyhow::Context as _;
-
+use crate::auth::{DockerConfigKeychain, EnvKeychain, Keychain, MultiKeychain};
 use crate::cli::args::{Cli, Command};
-use crate::config::{ConfigError, Service, Workspace};
-use crate::hash::{Digest, ServiceInputs, hash_service};
+use crate::config::{ConfigError, Registry, Service, Workspace};
+use crate::digest::Digest;
+use crate::error::{Classify, ErrorKind};
+use crate::hash::{ServiceInputs, hash_service};
 use crate::index::{Index, IndexStatus};
 use crate::printer::Printer;
+use crate::registry::RegistryClient;
+use crate::registry::verify::Verifier;
 
 /// The directory of local state and the content index, relative to the workspace root.
 pub const CACHE_DIR: &str = ".build-cache";
@@ -41,39 +46,84 @@ impl From<ExitStatus> for ExitCode {
     }
 }
 
-/// A mistake in how buildopt was called (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+/// A command's error: the cause chain to print, and whether it is a usage error (exit 2) or a failure (exit 1),
+/// decided by the library error it started from.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    inner: anyhow::Error,
+}
 
-/// The exit status for an error: 2 for usage and config errors, 1 for the rest.
-pub fn status_of(err: &anyhow::Error) -> ExitStatus {
-    let usage = err.chain().any(|c| {
-        c.is::<ConfigError>()
-            || c.is::<UsageError>()
-            || matches!(
-                c.downcast_ref::<crate::context::ContextError>(),
-                Some(crate::context::ContextError::IgnoreSyntax { .. })
-            )
-            || c.downcast_ref::<crate::registry::RegistryError>()
-                .is_some_and(crate::registry::RegistryError::is_setup)
-            || c.is::<crate::registry::ecr::EcrError>()
-            || matches!(
-                c.downcast_ref::<crate::hash::HashError>(),
-                Some(crate::hash::HashError::Context(
-                    crate::context::ContextError::IgnoreSyntax { .. }
-                ))
-            )
-    });
-    if usage {
-        ExitStatus::Error
-    } else {
-        ExitStatus::Failure
+impl Error {
+    /// A mistake in how buildopt was called (exit code 2).
+    pub(crate) fn usage(message: impl Display) -> Error {
+        Error {
+            kind: ErrorKind::Usage,
+            inner: anyhow::anyhow!("{message}"),
+        }
+    }
+
+    /// The exit status for this error.
+    pub fn status(&self) -> ExitStatus {
+        match self.kind {
+            ErrorKind::Usage => ExitStatus::Error,
+            ErrorKind::Failure => ExitStatus::Failure,
+        }
+    }
+
+    /// The error and its causes, outermost first.
+    pub fn chain(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+        self.inner.chain()
+    }
+
+    fn context(self, message: impl Display + Send + Sync + 'static) -> Error {
+        Error {
+            kind: self.kind,
+            inner: self.inner.context(message),
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<E: Classify + std::error::Error + Send + Sync + 'static> From<E> for Error {
+    fn from(e: E) -> Error {
+        Error {
+            kind: e.kind(),
+            inner: anyhow::Error::new(e),
+        }
+    }
+}
+
+/// `.context()` that keeps the kind of the error it wraps.
+pub(crate) trait Context<T> {
+    /// Wraps the error with what was being attempted.
+    fn context(self, message: impl Display + Send + Sync + 'static) -> Result<T, Error>;
+    /// Like [`Context::context`], with a message built only on error.
+    fn with_context<M: Display + Send + Sync + 'static>(
+        self,
+        message: impl FnOnce() -> M,
+    ) -> Result<T, Error>;
+}
+
+impl<T, E: Into<Error>> Context<T> for Result<T, E> {
+    fn context(self, message: impl Display + Send + Sync + 'static) -> Result<T, Error> {
+        self.map_err(|e| e.into().context(message))
+    }
+    fn with_context<M: Display + Send + Sync + 'static>(
+        self,
+        message: impl FnOnce() -> M,
+    ) -> Result<T, Error> {
+        self.map_err(|e| e.into().context(message()))
     }
 }
 
 /// Runs the parsed command line.
-pub fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
+pub fn run(cli: Cli, printer: Printer) -> Result<ExitStatus, Error> {
     let config = cli.global.config.as_ref();
     match &cli.command {
         Command::Hash(args) => hash::run(&load_workspace(config)?, args, printer),
@@ -102,7 +152,7 @@ pub fn run(cli: Cli, printer: Printer) -> anyhow::Result<ExitStatus> {
 
 /// Runs `fut` on a fresh runtime, then stops it without waiting: pending pushes or RPCs must not hold the exit
 /// (the daemon cancels a build whose Solve call is gone).
-fn block_on<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+fn block_on<T>(fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -112,28 +162,21 @@ fn block_on<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T
 }
 
 /// The workspace when one is given or found; none (not an error) when there is no config at all.
-fn optional_workspace(config: Option<&PathBuf>) -> anyhow::Result<Option<Workspace>> {
-    match load_workspace(config) {
-        Ok(ws) => Ok(Some(ws)),
-        Err(e)
-            if config.is_none()
-                && matches!(
-                    e.downcast_ref::<ConfigError>(),
-                    Some(ConfigError::NotFound(_))
-                ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
+fn optional_workspace(config: Option<&PathBuf>) -> Result<Option<Workspace>, Error> {
+    match config {
+        Some(path) => Ok(Some(Workspace::load(path)?)),
+        None => match Workspace::discover(&std::env::current_dir()?) {
+            Ok(ws) => Ok(Some(ws)),
+            Err(ConfigError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        },
     }
 }
 
-fn load_workspace(config: Option<&PathBuf>) -> anyhow::Result<Workspace> {
+fn load_workspace(config: Option<&PathBuf>) -> Result<Workspace, Error> {
     Ok(match config {
         Some(path) => Workspace::load(path)?,
-        None => {
-            Workspace::discover(&std::env::current_dir().context("reading the current directory")?)?
-        }
+        None => Workspace::discover(&std::env::current_dir()?)?,
     })
 }
 
@@ -143,15 +186,14 @@ pub(crate) fn own_dirs(ws: &Workspace) -> Vec<PathBuf> {
 }
 
 /// The selected services (plus their dependencies) or a usage error naming the unknown one.
-fn select<'a>(ws: &'a Workspace, names: &[String]) -> anyhow::Result<Vec<&'a Service>> {
+fn select<'a>(ws: &'a Workspace, names: &[String]) -> Result<Vec<&'a Service>, Error> {
     ws.select(names).map_err(|unknown| {
         let known: Vec<&str> = ws.services.iter().map(|s| s.name.as_str()).collect();
-        UsageError(format!(
+        Error::usage(format!(
             "no service `{unknown}` in {}; known services: {}",
             ws.config_path.display(),
             known.join(", ")
         ))
-        .into()
     })
 }
 
@@ -160,7 +202,7 @@ fn hash_all(
     ws: &Workspace,
     services: &[&Service],
     printer: Printer,
-) -> anyhow::Result<Vec<ServiceInputs>> {
+) -> Result<Vec<ServiceInputs>, Error> {
     let own = own_dirs(ws);
     let index = Index::open(&own[0]);
     if let IndexStatus::Discarded(why) = index.status() {
@@ -182,23 +224,26 @@ fn hash_all(
     Ok(out)
 }
 
-/// Credentials (ECR first when the registry is ECR, then the docker config), the registry client, and for ECR the
-/// repositories of `services` (created when configured; a warning where tag immutability would reject moving
-/// tags).
+/// The registry side of a run: credentials (ECR first when the registry is ECR, then the environment, then the
+/// docker config), one client, and one verifier.
+pub(crate) struct RegistrySetup {
+    /// What BuildKit gets through the session.
+    pub(crate) keychain: Arc<dyn Keychain>,
+    /// Checks images (and holds the client).
+    pub(crate) verifier: Verifier,
+}
+
+/// Sets up registry access; for ECR also checks (and creates, when configured) the repositories of `services`,
+/// warning where tag immutability would reject moving tags.
 async fn registry_setup(
-    registry: &crate::config::Registry,
+    registry: &Registry,
     ecr_endpoint: Option<&str>,
     services: &[&Service],
     ensure_repositories: bool,
     printer: Printer,
-) -> anyhow::Result<(
-    std::sync::Arc<dyn crate::auth::Keychain>,
-    crate::registry::RegistryClient,
-)> {
+) -> Result<RegistrySetup, Error> {
     use std::io::Write;
-    use std::sync::Arc;
 
-    use crate::auth::{DockerConfigKeychain, EnvKeychain, Keychain, MultiKeychain};
     use crate::registry::ecr::{AwsEcr, EcrApi, EcrKeychain, RepositoryState, region_of_host};
 
     let mut chain: Vec<Box<dyn Keychain>> = Vec::new();
@@ -253,8 +298,11 @@ async fn registry_setup(
     chain.push(Box::new(EnvKeychain::from_env(registry.host())));
     chain.push(Box::new(DockerConfigKeychain::from_env()));
     let keychain: Arc<dyn Keychain> = Arc::new(MultiKeychain(chain));
-    let client = crate::registry::RegistryClient::new(registry, keychain.clone())?;
-    Ok((keychain, client))
+    let client = RegistryClient::new(registry, keychain.clone())?;
+    Ok(RegistrySetup {
+        keychain,
+        verifier: Verifier::new(client),
+    })
 }
 
 fn warn_skipped(printer: Printer, service: &str, inputs: &ServiceInputs) {

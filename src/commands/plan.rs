@@ -1,22 +1,25 @@
 //! `buildopt plan`: what a build would do for each service, and why, without building anything. With a
-//! `[registry]`, the registry decides (as `build` does); otherwise, or with `--local`, the local state.
+//! `[registry]`, the registry decides (as `build` does, checking the images it would skip to); otherwise, or with
+//! `--local`, the local state.
 
 use std::io::Write;
 
-use super::{CACHE_DIR, ExitStatus, hash_all, registry_setup, select};
+use super::{CACHE_DIR, Error, ExitStatus, hash_all, registry_setup, select};
 use crate::cli::args::{CacheMode, PlanArgs};
 use crate::config::Workspace;
 use crate::plan::{ServicePlan, decide, plan_remote};
 use crate::printer::Printer;
+use crate::registry::content_tag;
+use crate::report::{BuildReport, ServiceReport};
 use crate::state::StateStore;
 
-pub(super) fn run(ws: &Workspace, args: &PlanArgs, printer: Printer) -> anyhow::Result<ExitStatus> {
+pub(super) fn run(ws: &Workspace, args: &PlanArgs, printer: Printer) -> Result<ExitStatus, Error> {
     let services = select(ws, &args.services)?;
     let inputs = hash_all(ws, &services, printer)?;
     let store = StateStore::new(&ws.root.join(CACHE_DIR));
     let plans: Vec<ServicePlan> = match (&ws.registry, args.local) {
         (Some(registry), false) => super::block_on(async {
-            let (_, client) = registry_setup(
+            let setup = registry_setup(
                 registry,
                 args.ecr_endpoint.as_deref(),
                 &services,
@@ -25,7 +28,15 @@ pub(super) fn run(ws: &Workspace, args: &PlanArgs, printer: Printer) -> anyhow::
             )
             .await?;
             let check_cache = args.cache_to == CacheMode::Registry;
-            Ok(plan_remote(&client, &services, &inputs, &store, check_cache, false).await?)
+            Ok(plan_remote(
+                &setup.verifier,
+                &services,
+                &inputs,
+                &store,
+                check_cache,
+                false,
+            )
+            .await?)
         })?,
         _ => services
             .iter()
@@ -33,23 +44,30 @@ pub(super) fn run(ws: &Workspace, args: &PlanArgs, printer: Printer) -> anyhow::
             .map(|(svc, inp)| decide(svc, inp, None, &store, false))
             .collect(),
     };
-    if args.json {
-        let mut out = printer.stdout();
-        serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "services": plans }))?;
-        writeln!(out)?;
-        return Ok(ExitStatus::Success);
-    }
-    let width = plans.iter().map(|p| p.service.len()).max().unwrap_or(0);
+    let report = BuildReport {
+        services: services
+            .iter()
+            .zip(&plans)
+            .map(|(svc, plan)| {
+                let (repository, content) = match &ws.registry {
+                    Some(r) => (
+                        format!("{}/{}", r.url, svc.image),
+                        Some(r.reference(&svc.image, &content_tag(&plan.digest))),
+                    ),
+                    None => (svc.image.clone(), None),
+                };
+                ServiceReport::planned(plan, repository, content)
+            })
+            .collect(),
+        interrupted: None,
+        duration: None,
+    };
     let mut out = printer.stdout();
-    for p in &plans {
-        let verb = p.decision.as_str();
-        writeln!(
-            out,
-            "{:width$}  {}  {verb}: {}",
-            p.service,
-            p.digest.short(),
-            p.reason
-        )?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        report.write_decisions(&mut out)?;
     }
     Ok(ExitStatus::Success)
 }

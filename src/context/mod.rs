@@ -45,6 +45,17 @@ pub enum ContextError {
     },
 }
 
+impl crate::error::Classify for ContextError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            ContextError::IgnoreSyntax { .. } | ContextError::Patterns { .. } => {
+                crate::error::ErrorKind::Usage
+            }
+            ContextError::Io { .. } => crate::error::ErrorKind::Failure,
+        }
+    }
+}
+
 /// Include and exclude rules for one walk of a context, as fsutil's `FilterOpt` has them.
 #[derive(Debug, Clone, Default)]
 pub struct ContextFilter {
@@ -137,6 +148,8 @@ pub struct DockerIgnore {
     pub source: Option<PathBuf>,
     /// The patterns, parsed as BuildKit's frontend parses them (what it sends as `exclude-patterns`).
     pub patterns: Vec<String>,
+    /// The blake3 of the file's bytes (to check the copy the session sends).
+    pub digest: Option<crate::digest::Digest>,
 }
 
 impl DockerIgnore {
@@ -151,6 +164,7 @@ impl DockerIgnore {
                     return Ok(DockerIgnore {
                         source: Some(candidate),
                         patterns,
+                        digest: Some(crate::digest::Digest::of(&bytes)),
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

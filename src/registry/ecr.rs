@@ -31,6 +31,14 @@ pub enum EcrError {
         "ECR repository `{0}` does not exist; create it, or set `create_repositories = true` under [registry] in buildopt.toml"
     )]
     MissingRepository(String),
+    /// The AWS SDK found no credentials anywhere in its default chain.
+    #[error(
+        "ECR {operation}: no AWS credentials found (looked in the environment, the shared config and credentials files, SSO, web identity, ECS and EC2 instance metadata); set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run `aws sso login`"
+    )]
+    NoCredentials {
+        /// The operation that needed them.
+        operation: &'static str,
+    },
     /// The token is not `AWS:<password>` base64.
     #[error("ECR returned an authorization token that is not base64 `user:password`")]
     BadToken,
@@ -99,11 +107,42 @@ impl AwsEcr {
     }
 }
 
-fn api_error<E: std::error::Error>(operation: &'static str, e: E) -> EcrError {
-    EcrError::Api {
-        operation,
-        message: aws_sdk_ecr::error::DisplayErrorContext(e).to_string(),
+/// One line for an SDK failure: the service's own error code and message when it answered, otherwise the
+/// distinct messages of the cause chain (never a `Debug` dump), and a missing credential chain as its own error.
+fn api_error<E, R>(operation: &'static str, e: aws_sdk_ecr::error::SdkError<E, R>) -> EcrError
+where
+    E: aws_sdk_ecr::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    if let Some(service) = e.as_service_error() {
+        return EcrError::Api {
+            operation,
+            message: match (service.code(), service.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => code.to_owned(),
+                _ => service.to_string(),
+            },
+        };
     }
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    let message = parts.join(": ");
+    if message.contains("credentials")
+        && (message.contains("no credentials")
+            || message.contains("load credentials")
+            || message.contains("CredentialsNotLoaded")
+            || message.contains("provider"))
+    {
+        return EcrError::NoCredentials { operation };
+    }
+    EcrError::Api { operation, message }
 }
 
 #[tonic::async_trait]
@@ -128,6 +167,7 @@ impl EcrApi for AwsEcr {
             credential: Credential {
                 username: user.to_owned(),
                 secret: Secret::new(password),
+                source: "an ECR authorization token (GetAuthorizationToken)".to_owned(),
             },
             expires_at,
         })
@@ -218,7 +258,7 @@ impl Keychain for EcrKeychain {
             .api
             .authorization_token()
             .await
-            .map_err(|e| AuthError::Ecr(e.to_string()))?;
+            .map_err(|e| AuthError::Ecr(Box::new(e)))?;
         let refresh_at = match token.expires_at {
             Some(exp) if exp > now + REFRESH_MARGIN => {
                 (exp - REFRESH_MARGIN).min(now + MAX_TOKEN_AGE)
@@ -228,6 +268,20 @@ impl Keychain for EcrKeychain {
         };
         *cached = Some((token.credential.clone(), refresh_at));
         Ok(Some(token.credential))
+    }
+
+    fn sources(&self, host: &str) -> Vec<String> {
+        if host == self.host {
+            vec!["ECR (GetAuthorizationToken with the AWS SDK's credentials)".to_owned()]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+impl crate::error::Classify for EcrError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Usage
     }
 }
 
@@ -251,6 +305,7 @@ mod tests {
                 credential: Credential {
                     username: "AWS".into(),
                     secret: Secret::new(format!("pw{n}")),
+                    source: "test".into(),
                 },
                 expires_at: Some(SystemTime::now() + self.expires_in),
             })

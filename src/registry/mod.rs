@@ -1,7 +1,10 @@
-//! The registry as the source of truth: does an image for these inputs exist, and make tags point at it. Manifests
-//! only; no blob is ever transferred here. This is the one place that decides what a "not found" looks like.
+//! The registry as the source of truth: what a tag points at, the manifests and blobs behind it, and tag moves.
+//! Manifests only move here (no blob is ever uploaded). This is the one place that decides what a "not found", a
+//! transient failure and a refusal look like.
 
-pub mod ecr;
+pub(crate) mod ecr;
+pub(crate) mod promote;
+pub(crate) mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,62 +12,90 @@ use std::time::Duration;
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
+use prost::bytes::Bytes;
+use tokio::sync::OnceCell;
 
 use crate::auth::Keychain;
 use crate::config::Registry;
-use crate::hash::Digest;
+use crate::digest::Digest;
+use crate::error::{Classify, ErrorKind};
 
-/// Attempts for a request that failed with a 5xx or a transport error.
+/// Attempts for a request that failed with a 5xx, a 429 or a transport error.
 const ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Manifest media types we accept, so the digest is the one BuildKit pushed.
-const ACCEPT: &[&str] = &[
+pub(crate) const ACCEPT: &[&str] = &[
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
+/// The prefix of every content tag; requested tags may not use it.
+pub(crate) const CONTENT_TAG_PREFIX: &str = "bo-";
+
 /// The tag under which the image built from inputs `digest` is kept: `bo-` and the 64 hex digits.
-pub fn content_tag(digest: &Digest) -> String {
-    format!("bo-{digest}")
+pub(crate) fn content_tag(digest: &Digest) -> String {
+    format!("{CONTENT_TAG_PREFIX}{digest}")
 }
 
 /// A registry request that failed for good.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// 401/403: the credentials are missing, wrong or expired.
+    /// Nothing answered: connection refused, DNS, TLS, timeouts (after retries).
     #[error(
-        "registry {host} rejected the credentials for {reference}; check `docker login` / the docker config, or for ECR the AWS credentials (tokens expire after 12 hours)"
-    )]
-    Unauthorized {
-        /// Registry host.
-        host: String,
-        /// What was asked for.
-        reference: String,
-    },
-    /// Connection refused, DNS, TLS, timeouts, 5xx: after retries.
-    #[error(
-        "registry {host} did not answer for {reference} after {ATTEMPTS} attempts; check that it is reachable (and `insecure` for plain http)"
+        "registry {host} did not answer for {reference} ({attempts} attempts); check that it is reachable (and `insecure = true` under [registry] for plain http)"
     )]
     Unreachable {
         /// Registry host.
         host: String,
         /// What was asked for.
         reference: String,
-        /// The last error.
+        /// How often it was tried.
+        attempts: u32,
+        /// The last transport error.
         #[source]
         source: OciDistributionError,
     },
-    /// Anything else the registry said.
-    #[error("registry request for {reference} failed")]
-    Other {
+    /// The registry answered with an error status.
+    #[error("registry {host} answered {status} for {reference}{}: {detail}", retried(*.attempts))]
+    Status {
+        /// Registry host.
+        host: String,
         /// What was asked for.
         reference: String,
-        /// The error.
-        #[source]
-        source: OciDistributionError,
+        /// `500 Internal Server Error`.
+        status: String,
+        /// The registry's error codes and messages (`UNKNOWN: ...`), or the start of its body.
+        detail: String,
+        /// How often it was tried.
+        attempts: u32,
+    },
+    /// 401/403 without credentials.
+    #[error(
+        "registry {host} requires credentials for {reference} and none were found (looked in: {}); log in (docker login), or set BUILDOPT_REGISTRY_USERNAME and BUILDOPT_REGISTRY_PASSWORD",
+        looked_in.join("; ")
+    )]
+    NoCredentials {
+        /// Registry host.
+        host: String,
+        /// What was asked for.
+        reference: String,
+        /// Where credentials were looked for.
+        looked_in: Vec<String>,
+    },
+    /// 401/403 with credentials.
+    #[error(
+        "registry {host} rejected the credentials from {origin} for {reference}; check them (ECR tokens expire after 12 hours)"
+    )]
+    Rejected {
+        /// Registry host.
+        host: String,
+        /// What was asked for.
+        reference: String,
+        /// Where the credentials came from.
+        origin: String,
     },
     /// Credentials could not be resolved.
     #[error("cannot get credentials for {host}")]
@@ -78,24 +109,53 @@ pub enum RegistryError {
     /// The reference is malformed.
     #[error("invalid image reference `{0}`")]
     Reference(String),
+    /// Something that must be there is not.
+    #[error("the registry has no {0}")]
+    Missing(String),
+    /// Anything else the registry client reported.
+    #[error("registry request for {reference} failed")]
+    Other {
+        /// What was asked for.
+        reference: String,
+        /// The error.
+        #[source]
+        source: OciDistributionError,
+    },
 }
 
-impl RegistryError {
-    /// Setup problems (credentials, reachability) rather than a failure of one service.
-    pub fn is_setup(&self) -> bool {
-        matches!(
-            self,
-            RegistryError::Unauthorized { .. }
-                | RegistryError::Unreachable { .. }
-                | RegistryError::Credentials { .. }
-        )
+fn retried(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(" ({attempts} attempts)")
+    } else {
+        String::new()
+    }
+}
+
+impl Classify for RegistryError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            // Setup problems: nothing can work until the configuration or credentials are fixed.
+            RegistryError::Unreachable { .. }
+            | RegistryError::NoCredentials { .. }
+            | RegistryError::Rejected { .. }
+            | RegistryError::Credentials { .. }
+            | RegistryError::Reference(_) => ErrorKind::Usage,
+            RegistryError::Status { .. }
+            | RegistryError::Missing(_)
+            | RegistryError::Other { .. } => ErrorKind::Failure,
+        }
     }
 }
 
 enum Class {
     NotFound,
     Unauthorized,
-    Retry,
+    /// An HTTP status worth retrying (5xx, 429).
+    RetryStatus(u16),
+    /// A transport failure worth retrying.
+    RetryTransport,
+    /// An HTTP error status not worth retrying.
+    Status(u16),
     Fatal,
 }
 
@@ -111,6 +171,7 @@ fn classify(e: &OciDistributionError) -> Class {
                     OciErrorCode::ManifestUnknown
                         | OciErrorCode::NameUnknown
                         | OciErrorCode::NotFound
+                        | OciErrorCode::BlobUnknown
                 )
             }) {
                 Class::NotFound
@@ -120,7 +181,8 @@ fn classify(e: &OciDistributionError) -> Class {
             {
                 Class::Unauthorized
             } else {
-                Class::Fatal
+                // The envelope does not carry the status; 4xx is what the client parses envelopes for.
+                Class::Status(400)
             }
         }
         OciDistributionError::ServerError { code: 404, .. } => Class::NotFound,
@@ -130,19 +192,118 @@ fn classify(e: &OciDistributionError) -> Class {
         | OciDistributionError::UnauthorizedError { .. }
         | OciDistributionError::AuthenticationFailure(_) => Class::Unauthorized,
         OciDistributionError::ServerError { code, .. } if *code >= 500 || *code == 429 => {
-            Class::Retry
+            Class::RetryStatus(*code)
         }
-        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => Class::Retry,
+        OciDistributionError::ServerError { code, .. } => Class::Status(*code),
+        // `error_for_status` answers (blob HEADs) carry the status inside the transport error.
+        OciDistributionError::RequestError(r) => match r.status().map(|s| s.as_u16()) {
+            Some(404) => Class::NotFound,
+            Some(401 | 403) => Class::Unauthorized,
+            Some(code) if code >= 500 || code == 429 => Class::RetryStatus(code),
+            Some(code) => Class::Status(code),
+            None => Class::RetryTransport,
+        },
+        OciDistributionError::IoError(_) => Class::RetryTransport,
         _ => Class::Fatal,
     }
 }
 
+/// `500 Internal Server Error`.
+fn status_text(code: u16) -> String {
+    match http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+    {
+        Some(reason) => format!("{code} {reason}"),
+        None => code.to_string(),
+    }
+}
+
+/// An error body as registries send it (`{"errors":[{"code":"UNKNOWN","message":"..."}]}`), read loosely: the
+/// client's own envelope type has no variant for codes such as `UNKNOWN`.
+#[derive(serde::Deserialize)]
+struct LooseEnvelope {
+    errors: Vec<LooseError>,
+}
+
+#[derive(serde::Deserialize)]
+struct LooseError {
+    #[serde(default)]
+    code: serde_json::Value,
+    #[serde(default)]
+    message: String,
+}
+
+impl LooseEnvelope {
+    fn summary(&self) -> String {
+        self.errors
+            .iter()
+            .map(|e| match e.code.as_str() {
+                Some(code) => format!("{code}: {}", e.message),
+                None => e.message.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// What the registry said, on one line: its error codes and messages, or the start of its body.
+fn status_detail(e: &OciDistributionError) -> String {
+    let text = match e {
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .map(|e| {
+                let code = serde_json::to_value(&e.code).unwrap_or_default();
+                format!("{}: {}", code.as_str().unwrap_or("ERROR"), e.message)
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        OciDistributionError::ServerError { message, .. } => {
+            match serde_json::from_str::<LooseEnvelope>(message) {
+                Ok(envelope) => envelope.summary(),
+                Err(_) => message.clone(),
+            }
+        }
+        other => other.to_string(),
+    };
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut short: String = line.chars().take(200).collect();
+    if short.len() < line.len() {
+        short.push('…');
+    }
+    if short.is_empty() {
+        "(no details)".to_owned()
+    } else {
+        short
+    }
+}
+
+/// A manifest as the registry stores it.
+#[derive(Debug, Clone)]
+pub(crate) struct Manifest {
+    /// The exact bytes (their sha256 is the digest).
+    pub(crate) bytes: Bytes,
+    /// `sha256:...`.
+    pub(crate) digest: String,
+    /// The `mediaType` field (or the OCI manifest type when absent).
+    pub(crate) media_type: String,
+}
+
+/// The credentials used for every request of a run, and where they came from.
+#[derive(Clone)]
+struct Auth {
+    auth: RegistryAuth,
+    origin: Option<String>,
+}
+
 /// Registry access for one `[registry]`.
 #[derive(Clone)]
-pub struct RegistryClient {
+pub(crate) struct RegistryClient {
     oci: Client,
     registry: Registry,
     keychain: Arc<dyn Keychain>,
+    auth: Arc<OnceCell<Auth>>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -155,7 +316,7 @@ impl std::fmt::Debug for RegistryClient {
 
 impl RegistryClient {
     /// A client for `registry`, with credentials from `keychain`.
-    pub fn new(
+    pub(crate) fn new(
         registry: &Registry,
         keychain: Arc<dyn Keychain>,
     ) -> Result<RegistryClient, RegistryError> {
@@ -177,27 +338,41 @@ impl RegistryClient {
             oci,
             registry: registry.clone(),
             keychain,
+            auth: Arc::new(OnceCell::new()),
         })
     }
 
     /// `registry/repo:tag`.
-    pub fn reference(&self, repo: &str, tag: &str) -> String {
+    pub(crate) fn reference(&self, repo: &str, tag: &str) -> String {
         self.registry.reference(repo, tag)
     }
 
-    async fn auth(&self) -> Result<RegistryAuth, RegistryError> {
-        let host = self.registry.host();
-        match self.keychain.resolve(host).await {
-            Ok(Some(c)) => Ok(RegistryAuth::Basic(
-                c.username,
-                c.secret.expose().to_owned(),
-            )),
-            Ok(None) => Ok(RegistryAuth::Anonymous),
-            Err(source) => Err(RegistryError::Credentials {
-                host: host.to_owned(),
-                source,
-            }),
-        }
+    /// `registry/repo@digest`.
+    pub(crate) fn by_digest(&self, repo: &str, digest: &str) -> String {
+        format!("{}/{repo}@{digest}", self.registry.url)
+    }
+
+    /// Credentials, resolved once per run (a credential helper is a program; ECR a network call).
+    async fn auth(&self) -> Result<&Auth, RegistryError> {
+        self.auth
+            .get_or_try_init(|| async {
+                let host = self.registry.host();
+                match self.keychain.resolve(host).await {
+                    Ok(Some(c)) => Ok(Auth {
+                        auth: RegistryAuth::Basic(c.username, c.secret.expose().to_owned()),
+                        origin: Some(c.source),
+                    }),
+                    Ok(None) => Ok(Auth {
+                        auth: RegistryAuth::Anonymous,
+                        origin: None,
+                    }),
+                    Err(source) => Err(RegistryError::Credentials {
+                        host: host.to_owned(),
+                        source,
+                    }),
+                }
+            })
+            .await
     }
 
     fn parse(&self, reference: &str) -> Result<Reference, RegistryError> {
@@ -214,84 +389,132 @@ impl RegistryClient {
     {
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
+        let host = || self.registry.host().to_owned();
         loop {
-            match op().await {
+            let e = match op().await {
                 Ok(v) => return Ok(Some(v)),
-                Err(e) => match classify(&e) {
-                    Class::NotFound => return Ok(None),
-                    Class::Unauthorized => {
-                        return Err(RegistryError::Unauthorized {
-                            host: self.registry.host().to_owned(),
-                            reference: reference.to_owned(),
-                        });
-                    }
-                    Class::Retry if attempt < ATTEMPTS => {
-                        tracing::debug!(
-                            "registry request for {reference} failed (attempt {attempt}): {e}"
-                        );
-                        tokio::time::sleep(backoff).await;
-                        backoff *= 2;
-                        attempt += 1;
-                    }
-                    Class::Retry => {
-                        return Err(RegistryError::Unreachable {
-                            host: self.registry.host().to_owned(),
-                            reference: reference.to_owned(),
-                            source: e,
-                        });
-                    }
-                    Class::Fatal => {
-                        return Err(RegistryError::Other {
-                            reference: reference.to_owned(),
-                            source: e,
-                        });
-                    }
-                },
+                Err(e) => e,
+            };
+            let class = classify(&e);
+            if matches!(class, Class::RetryStatus(_) | Class::RetryTransport) && attempt < ATTEMPTS
+            {
+                tracing::debug!("registry request for {reference} failed (attempt {attempt}): {e}");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+                continue;
             }
+            return match class {
+                Class::NotFound => Ok(None),
+                Class::Unauthorized => Err(match &self.auth().await?.origin {
+                    Some(origin) => RegistryError::Rejected {
+                        host: host(),
+                        reference: reference.to_owned(),
+                        origin: origin.clone(),
+                    },
+                    None => RegistryError::NoCredentials {
+                        host: host(),
+                        reference: reference.to_owned(),
+                        looked_in: self.keychain.sources(self.registry.host()),
+                    },
+                }),
+                Class::RetryStatus(code) | Class::Status(code) => Err(RegistryError::Status {
+                    host: host(),
+                    reference: reference.to_owned(),
+                    status: status_text(code),
+                    detail: status_detail(&e),
+                    attempts: attempt,
+                }),
+                Class::RetryTransport => Err(RegistryError::Unreachable {
+                    host: host(),
+                    reference: reference.to_owned(),
+                    attempts: attempt,
+                    source: e,
+                }),
+                Class::Fatal => Err(RegistryError::Other {
+                    reference: reference.to_owned(),
+                    source: e,
+                }),
+            };
         }
     }
 
     /// The manifest digest behind `reference` (`registry/repo:tag`), or None when there is no such manifest or
-    /// repository.
-    pub async fn lookup(&self, reference: &str) -> Result<Option<String>, RegistryError> {
+    /// repository. A HEAD request: nothing is checked beyond what the registry says.
+    pub(crate) async fn lookup(&self, reference: &str) -> Result<Option<String>, RegistryError> {
         let r = self.parse(reference)?;
-        let auth = self.auth().await?;
-        self.retrying(reference, || self.oci.fetch_manifest_digest(&r, &auth))
+        let auth = &self.auth().await?.auth;
+        self.retrying(reference, || self.oci.fetch_manifest_digest(&r, auth))
             .await
     }
 
-    /// Points `to` (`registry/repo:tag`) at the manifest `from` (`registry/repo:tag` or `@digest`) by copying the
-    /// manifest; no blob moves. Returns the manifest digest.
-    pub async fn retag(&self, from: &str, to: &str) -> Result<String, RegistryError> {
-        let (src, dst) = (self.parse(from)?, self.parse(to)?);
-        let auth = self.auth().await?;
-        let Some((body, digest)) = self
-            .retrying(from, || self.oci.pull_manifest_raw(&src, &auth, ACCEPT))
+    /// The manifest behind `reference` (`registry/repo:tag` or `@digest`), or None when there is none. The client
+    /// checks the body against the digest the registry reports (and the one in the reference).
+    pub(crate) async fn manifest(
+        &self,
+        reference: &str,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let r = self.parse(reference)?;
+        let auth = &self.auth().await?.auth;
+        let Some((bytes, digest)) = self
+            .retrying(reference, || self.oci.pull_manifest_raw(&r, auth, ACCEPT))
             .await?
         else {
-            return Err(RegistryError::Other {
-                reference: from.to_owned(),
-                source: OciDistributionError::ImageManifestNotFoundError(from.to_owned()),
-            });
+            return Ok(None);
         };
-        let media_type = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| {
-                v.get("mediaType")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| ACCEPT[0].to_owned());
-        let content_type = http::HeaderValue::from_str(&media_type)
-            .map_err(|_| RegistryError::Reference(media_type.clone()))?;
-        self.retrying(to, || async {
-            self.oci.auth(&dst, &auth, RegistryOperation::Push).await?;
+        // OCI makes `mediaType` optional; an index is then recognized by its `manifests`.
+        let json = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+        let media_type = match json.as_ref().and_then(|v| v.get("mediaType")?.as_str()) {
+            Some(m) => m.to_owned(),
+            None if json.as_ref().is_some_and(|v| v.get("manifests").is_some()) => {
+                ACCEPT[1].to_owned()
+            }
+            None => ACCEPT[0].to_owned(),
+        };
+        Ok(Some(Manifest {
+            bytes,
+            digest,
+            media_type,
+        }))
+    }
+
+    /// Whether blob `digest` exists in `repo`.
+    pub(crate) async fn blob_exists(
+        &self,
+        repo: &str,
+        digest: &str,
+    ) -> Result<bool, RegistryError> {
+        let reference = self.by_digest(repo, digest);
+        let r = self.parse(&reference)?;
+        let auth = self.auth().await?.auth.clone();
+        // `blob_exists` authenticates from the client's store, which the other calls fill.
+        self.oci
+            .store_auth_if_needed(r.resolve_registry(), &auth)
+            .await;
+        Ok(self
+            .retrying(&reference, || self.oci.blob_exists(&r, digest))
+            .await?
+            .unwrap_or(false))
+    }
+
+    /// Stores `manifest` under `reference` (`registry/repo:tag`). Returns the digest the registry reports.
+    pub(crate) async fn put_manifest(
+        &self,
+        reference: &str,
+        manifest: &Manifest,
+    ) -> Result<String, RegistryError> {
+        let dst = self.parse(reference)?;
+        let auth = &self.auth().await?.auth;
+        let content_type = http::HeaderValue::from_str(&manifest.media_type)
+            .map_err(|_| RegistryError::Reference(manifest.media_type.clone()))?;
+        self.retrying(reference, || async {
+            self.oci.auth(&dst, auth, RegistryOperation::Push).await?;
             self.oci
-                .push_manifest_raw(&dst, body.clone(), content_type.clone())
+                .push_manifest_raw(&dst, manifest.bytes.clone(), content_type.clone())
                 .await
         })
         .await?;
-        Ok(digest)
+        Ok(manifest.digest.clone())
     }
 }
 
@@ -305,7 +528,7 @@ mod tests {
             envelope: OciEnvelope {
                 errors: vec![OciError {
                     code,
-                    message: String::new(),
+                    message: "m".into(),
                     detail: serde_json::Value::Null,
                 }],
             },
@@ -313,32 +536,54 @@ mod tests {
         }
     }
 
-    fn server(code: u16) -> OciDistributionError {
+    fn server(code: u16, message: &str) -> OciDistributionError {
         OciDistributionError::ServerError {
             code,
             url: "u".into(),
-            message: String::new(),
+            message: message.into(),
         }
     }
 
-    // The registry's answers are real in the integration tests; these are the shapes other registries use for the
-    // same answers (ECR, GHCR), which the loopback registry cannot be made to produce.
+    // The registry's answers are real in the integration tests (directly and through the fault-injecting proxy);
+    // these are the shapes other registries use for the same answers (ECR, GHCR).
     #[test]
-    fn not_found_shapes_are_absent() {
+    fn classification() {
         for e in [
             envelope(OciErrorCode::ManifestUnknown),
             envelope(OciErrorCode::NameUnknown),
-            server(404),
+            server(404, ""),
         ] {
             assert!(matches!(classify(&e), Class::NotFound), "{e}");
         }
-        for e in [server(401), server(403), envelope(OciErrorCode::Denied)] {
+        for e in [
+            server(401, ""),
+            server(403, ""),
+            envelope(OciErrorCode::Denied),
+        ] {
             assert!(matches!(classify(&e), Class::Unauthorized), "{e}");
         }
-        for e in [server(500), server(503), server(429)] {
-            assert!(matches!(classify(&e), Class::Retry), "{e}");
+        for e in [server(500, ""), server(503, ""), server(429, "")] {
+            assert!(matches!(classify(&e), Class::RetryStatus(_)), "{e}");
         }
-        assert!(matches!(classify(&server(400)), Class::Fatal));
+        assert!(matches!(classify(&server(400, "")), Class::Status(400)));
+    }
+
+    #[test]
+    fn status_details_are_one_short_line() {
+        assert_eq!(status_text(500), "500 Internal Server Error");
+        assert_eq!(
+            status_detail(&server(
+                500,
+                r#"{"errors":[{"code":"UNKNOWN","message":"injected"}]}"#
+            )),
+            "UNKNOWN: injected"
+        );
+        assert_eq!(
+            status_detail(&server(502, "<html>\n  bad\n gateway</html>")),
+            "<html> bad gateway</html>"
+        );
+        assert_eq!(status_detail(&server(500, "")), "(no details)");
+        assert!(status_detail(&server(500, &"x".repeat(500))).ends_with('…'));
     }
 
     #[test]

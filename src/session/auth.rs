@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Keychain;
-use crate::buildkit::proto::moby::filesync::v1 as pb;
+use crate::proto::moby::filesync::v1 as pb;
 
 pub(crate) struct AuthService {
     pub(crate) keychain: Arc<dyn Keychain>,

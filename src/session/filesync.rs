@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prost::bytes::Bytes;
 use tokio::sync::mpsc;
@@ -12,9 +12,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::buildkit::proto::fsutil::types::{Packet, Stat, packet::PacketType};
-use crate::buildkit::proto::moby::filesync::v1 as pb;
 use crate::context::{ContextFilter, Entry, EntryKind, walk};
+use crate::digest::Digest;
+use crate::proto::fsutil::types::{Packet, Stat, packet::PacketType};
+use crate::proto::moby::filesync::v1 as pb;
 
 /// Read size for DATA packets. Go reads 32 KiB at a time; the receiver takes any size up to the 16 MiB message
 /// limit, and fewer, larger packets cost less per byte.
@@ -74,10 +75,11 @@ fn packet(ty: PacketType) -> Packet {
     }
 }
 
-/// Serves DiffCopy for a fixed set of named directories.
+/// Serves DiffCopy for a fixed set of named directories, logging what it sends.
 pub(crate) struct FileSyncService {
     pub(crate) dirs: Arc<HashMap<String, PathBuf>>,
     pub(crate) own: Arc<Vec<PathBuf>>,
+    pub(crate) log: TransferLog,
 }
 
 /// Values of a metadata key, URL-query-decoded when `<key>-encoded` is `1`.
@@ -96,28 +98,40 @@ fn metadata_values(md: &MetadataMap, key: &str) -> Vec<String> {
 
 /// Go's `url.QueryUnescape`: `+` is a space, `%XX` a byte.
 fn query_unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
+
+/// What one DiffCopy call sent: the entries (with the status they had when sent) and, for each file whose content
+/// the daemon asked for, the size and blake3 of the bytes that actually went out. The build compares this with what
+/// it hashed before it writes any tag.
+#[derive(Debug, Clone, Default)]
+pub struct Transfer {
+    /// The local name the daemon asked for (`context`, `dockerfile`).
+    pub local: String,
+    /// The directory it names.
+    pub root: PathBuf,
+    /// Every entry sent as a STAT, in order (an entry's index is its file ID).
+    pub entries: Vec<Entry>,
+    /// Content sent, by file ID.
+    pub sent: HashMap<u32, SentContent>,
+}
+
+/// The content of one file as it was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentContent {
+    /// Bytes sent.
+    pub size: u64,
+    /// Their blake3.
+    pub digest: Digest,
+    /// Set when the file could not be read: the daemon got `size` bytes and an error or an empty file.
+    pub error: Option<String>,
+}
+
+/// Every transfer of a session, in the order they started.
+pub(crate) type TransferLog = Arc<Mutex<Vec<Arc<Mutex<Transfer>>>>>;
 
 #[tonic::async_trait]
 impl pb::file_sync_server::FileSync for FileSyncService {
@@ -159,11 +173,21 @@ impl pb::file_sync_server::FileSync for FileSyncService {
                 files.insert(id as u32, (e.abs_path(&root), e.size));
             }
         }
+        let record = Arc::new(Mutex::new(Transfer {
+            local: name,
+            root,
+            entries: entries.clone(),
+            sent: HashMap::new(),
+        }));
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record.clone());
         let (tx, rx) = mpsc::channel(128);
         let inbound = req.into_inner();
         // The transfer runs on its own task; it ends when the daemon finishes (FIN) or goes away, and the response
         // stream ends with it.
-        tokio::spawn(transfer(entries, files, inbound, tx));
+        tokio::spawn(transfer(entries, files, inbound, tx, record));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -207,6 +231,7 @@ async fn transfer(
     files: HashMap<u32, (PathBuf, u64)>,
     mut inbound: Streaming<Packet>,
     tx: mpsc::Sender<Result<Packet, Status>>,
+    record: Arc<Mutex<Transfer>>,
 ) {
     let stats = {
         let tx = tx.clone();
@@ -249,10 +274,15 @@ async fn transfer(
                             .await;
                         return;
                     };
-                    let (tx, limit) = (tx.clone(), limit.clone());
+                    let (tx, limit, record) = (tx.clone(), limit.clone(), record.clone());
                     senders.spawn(async move {
                         let _permit = limit.acquire_owned().await;
-                        send_file(p.id, path, size, tx).await;
+                        let sent = send_file(p.id, path, size, tx).await;
+                        record
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .sent
+                            .insert(p.id, sent);
                     });
                 }
                 Ok(PacketType::PacketFin) => {
@@ -282,12 +312,25 @@ async fn transfer(
     tokio::join!(stats, requests);
 }
 
-async fn send_file(id: u32, path: PathBuf, size: u64, tx: mpsc::Sender<Result<Packet, Status>>) {
+/// Streams one file as DATA packets, then the empty DATA that ends it; returns what went out, hashed on the way.
+async fn send_file(
+    id: u32,
+    path: PathBuf,
+    size: u64,
+    tx: mpsc::Sender<Result<Packet, Status>>,
+) -> SentContent {
     let data = |bytes: Bytes| Packet {
         r#type: PacketType::PacketData as i32,
         id,
         data: bytes,
         ..Packet::default()
+    };
+    let mut hasher = blake3::Hasher::new();
+    let mut total = 0u64;
+    let outcome = |hasher: &blake3::Hasher, total, error| SentContent {
+        size: total,
+        digest: hasher.finalize().into(),
+        error,
     };
     // Reads run on the blocking pool: a file that fits one chunk (most of a source tree) in a single hop, larger
     // ones a chunk per hop so memory stays bounded.
@@ -309,8 +352,14 @@ async fn send_file(id: u32, path: PathBuf, size: u64, tx: mpsc::Sender<Result<Pa
         match chunk {
             Ok((f, buf)) => {
                 let last = buf.len() < CHUNK;
+                hasher.update(&buf);
+                total += buf.len() as u64;
                 if !buf.is_empty() && tx.send(Ok(data(Bytes::from(buf)))).await.is_err() {
-                    return;
+                    return outcome(
+                        &hasher,
+                        total,
+                        Some("the daemon stopped reading".to_owned()),
+                    );
                 }
                 if last {
                     break;
@@ -320,7 +369,8 @@ async fn send_file(id: u32, path: PathBuf, size: u64, tx: mpsc::Sender<Result<Pa
             // As in fsutil: a file that cannot be opened is sent empty.
             Err(e) if file.is_none() => {
                 tracing::warn!("cannot open {} for sending: {e}", path.display());
-                break;
+                let _ = tx.send(Ok(data(Bytes::new()))).await;
+                return outcome(&hasher, total, Some(format!("cannot open: {e}")));
             }
             Err(e) => {
                 let msg = format!("read {}: {e}", path.display());
@@ -330,13 +380,14 @@ async fn send_file(id: u32, path: PathBuf, size: u64, tx: mpsc::Sender<Result<Pa
                     ..Packet::default()
                 };
                 let _ = tx.send(Ok(err)).await;
-                let _ = tx.send(Err(Status::internal(msg))).await;
-                return;
+                let _ = tx.send(Err(Status::internal(msg.clone()))).await;
+                return outcome(&hasher, total, Some(msg));
             }
         }
     }
     // End of file: a DATA packet with empty data.
     let _ = tx.send(Ok(data(Bytes::new()))).await;
+    outcome(&hasher, total, None)
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ mod auth;
 mod filesync;
 pub(crate) mod stream;
 
+pub use filesync::Transfer;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Keychain;
-use crate::buildkit::proto::{self, grpc::health::v1 as health};
+use crate::proto::{self, grpc::health::v1 as health};
 
 /// Metadata keys the daemon reads when the session is opened (gRPC form of `X-Docker-Expose-Session-*`).
 pub(crate) mod headers {
@@ -44,6 +46,12 @@ pub enum SessionError {
     Connection(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl crate::error::Classify for SessionError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Failure
+    }
+}
+
 /// One session: its ID, the directories it may send, and where credentials come from.
 #[derive(Clone)]
 pub struct Session {
@@ -52,6 +60,7 @@ pub struct Session {
     dirs: Arc<HashMap<String, PathBuf>>,
     own: Arc<Vec<PathBuf>>,
     keychain: Arc<dyn Keychain>,
+    log: filesync::TransferLog,
 }
 
 impl std::fmt::Debug for Session {
@@ -77,7 +86,18 @@ impl Session {
             dirs: Arc::new(dirs),
             own: Arc::new(Vec::new()),
             keychain,
+            log: Default::default(),
         }
+    }
+
+    /// What the session's file sync sent so far, one record per DiffCopy call, in the order they started.
+    pub fn transfers(&self) -> Vec<Transfer> {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
     }
 
     /// Never sends these directories (buildopt's own state) from any local directory, as the hasher leaves them
@@ -117,6 +137,7 @@ impl Session {
                 filesync::FileSyncService {
                     dirs: self.dirs.clone(),
                     own: self.own.clone(),
+                    log: self.log.clone(),
                 },
             )
             .max_decoding_message_size(MAX_MESSAGE)
@@ -237,8 +258,8 @@ mod pipe_tests {
 
     use super::*;
     use crate::auth::{Credential, Secret, StaticKeychain};
-    use crate::buildkit::proto::fsutil::types::{Packet, packet::PacketType};
-    use crate::buildkit::proto::moby::filesync::v1::{
+    use crate::proto::fsutil::types::{Packet, packet::PacketType};
+    use crate::proto::moby::filesync::v1::{
         CredentialsRequest, GetTokenAuthorityRequest, auth_client::AuthClient,
         file_sync_client::FileSyncClient,
     };
@@ -268,6 +289,7 @@ mod pipe_tests {
             Credential {
                 username: "AWS".to_owned(),
                 secret: Secret::new("pw"),
+                source: "test".to_owned(),
             },
         )]));
         Session::new(

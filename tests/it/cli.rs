@@ -149,9 +149,9 @@ fn plan_explains_decisions() {
     ");
     record(&t);
     insta::assert_snapshot!(plan(&t), @r"
-    base [DIGEST] skip: inputs unchanged
-    api [DIGEST] skip: inputs unchanged
-    web [DIGEST] skip: inputs unchanged
+    base [DIGEST] skip: inputs unchanged since the last local build
+    api [DIGEST] skip: inputs unchanged since the last local build
+    web [DIGEST] skip: inputs unchanged since the last local build
     ");
     let t = t
         .file("base/new.txt", "x")

@@ -1,0 +1,181 @@
+//! The solve of one service with BuildKit's Dockerfile frontend: frontend attributes, the image exporter and the
+//! registry cache. When pushing, the image is pushed **by digest only** (`push-by-digest`): buildopt writes every
+//! tag itself afterwards, the content tag only once it has checked that what the session sent is what it hashed.
+
+use std::collections::BTreeMap;
+
+use super::{CacheEntry, ExporterSpec, SolveSpec};
+use crate::config::{Registry, Service};
+
+/// The frontend every service is built with.
+pub(crate) const FRONTEND: &str = "dockerfile.v0";
+/// The entitlement `RUN` steps need for the host's network.
+pub(crate) const NETWORK_HOST: &str = "network.host";
+
+/// RUN steps' network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NetworkMode {
+    /// The daemon's default (a sandbox network).
+    #[default]
+    Default,
+    /// The host's network (needs the `network.host` entitlement).
+    Host,
+    /// No network.
+    None,
+}
+
+impl NetworkMode {
+    /// `default`, `host` or `none`, as in the config file.
+    pub(crate) fn parse(s: &str) -> Option<NetworkMode> {
+        match s {
+            "default" => Some(NetworkMode::Default),
+            "host" => Some(NetworkMode::Host),
+            "none" => Some(NetworkMode::None),
+            _ => None,
+        }
+    }
+}
+
+/// Everything about one service's solve that is not in its [`Service`].
+#[derive(Debug, Clone)]
+pub(crate) struct DockerfileSolve<'a> {
+    /// The service.
+    pub(crate) service: &'a Service,
+    /// Where images and caches go.
+    pub(crate) registry: &'a Registry,
+    /// Push the image (by digest) instead of keeping it in the daemon.
+    pub(crate) push: bool,
+    /// Export the registry cache under the service's cache tag.
+    pub(crate) cache_export: bool,
+    /// Import the registry cache (only when it exists: a missing one shows as a failed step).
+    pub(crate) cache_import: bool,
+    /// RUN steps' network.
+    pub(crate) network: NetworkMode,
+    /// The dependencies and the image digest each resolved to in this run.
+    pub(crate) deps: &'a [(Service, String)],
+}
+
+impl DockerfileSolve<'_> {
+    /// The solve request for build `reference`.
+    pub(crate) fn spec(&self, reference: String) -> SolveSpec {
+        let svc = self.service;
+        let reg = self.registry;
+        let mut attrs = BTreeMap::new();
+        let filename = svc
+            .dockerfile
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        attrs.insert("filename".to_owned(), filename);
+        if let Some(t) = &svc.target {
+            attrs.insert("target".to_owned(), t.clone());
+        }
+        if !svc.platforms.is_empty() {
+            attrs.insert("platform".to_owned(), svc.platforms.join(","));
+        }
+        for (k, v) in &svc.build_args {
+            attrs.insert(format!("build-arg:{k}"), v.clone());
+        }
+        for (k, v) in &svc.labels {
+            attrs.insert(format!("label:{k}"), v.clone());
+        }
+        if let Some(epoch) = svc.source_date_epoch {
+            attrs.insert("build-arg:SOURCE_DATE_EPOCH".to_owned(), epoch.to_string());
+        }
+        // A dependency is pinned by digest (built in this run or found by its content tag), so `FROM <its image>`
+        // never pulls a stale tag.
+        for (dep, image) in self.deps {
+            let pinned = format!("docker-image://{}/{}@{image}", reg.url, dep.image);
+            attrs.insert(format!("context:{}/{}", reg.url, dep.image), pinned.clone());
+            for tag in &dep.tags {
+                attrs.insert(
+                    format!("context:{}", reg.reference(&dep.image, tag)),
+                    pinned.clone(),
+                );
+            }
+        }
+        let mut entitlements = Vec::new();
+        match self.network {
+            NetworkMode::Default => {}
+            NetworkMode::Host => {
+                attrs.insert("force-network-mode".to_owned(), "host".to_owned());
+                entitlements.push(NETWORK_HOST.to_owned());
+            }
+            NetworkMode::None => {
+                attrs.insert("force-network-mode".to_owned(), "none".to_owned());
+            }
+        }
+
+        let insecure = reg
+            .insecure
+            .then(|| ("registry.insecure".to_owned(), "true".to_owned()));
+        let mut exporter: BTreeMap<String, String> = if self.push {
+            // A bare repository: BuildKit pushes the manifest by digest, without any tag.
+            [
+                ("name".to_owned(), format!("{}/{}", reg.url, svc.image)),
+                ("push".to_owned(), "true".to_owned()),
+                ("push-by-digest".to_owned(), "true".to_owned()),
+            ]
+            .into()
+        } else {
+            let names: Vec<String> = svc
+                .tags
+                .iter()
+                .map(|t| reg.reference(&svc.image, t))
+                .collect();
+            [
+                ("name".to_owned(), names.join(",")),
+                ("push".to_owned(), "false".to_owned()),
+            ]
+            .into()
+        };
+        if svc.source_date_epoch.is_some() {
+            // File times inside new layers too, so the same inputs give the same layer digests everywhere.
+            exporter.insert("rewrite-timestamp".to_owned(), "true".to_owned());
+        }
+        exporter.extend(insecure.clone());
+
+        let cache_ref = reg.reference(&svc.image, &svc.cache_tag);
+        let mut cache_exports = Vec::new();
+        if self.cache_export && self.push {
+            let mut attrs: BTreeMap<String, String> = [
+                ("ref", cache_ref.as_str()),
+                ("mode", "max"),
+                // ECR (and BuildKit < v0.21's default) need the image-manifest form.
+                ("image-manifest", "true"),
+                ("oci-mediatypes", "true"),
+                // A refused cache export must not fail a build whose image is fine; buildopt reports it instead.
+                ("ignore-error", "true"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            attrs.extend(insecure.clone());
+            cache_exports.push(CacheEntry {
+                kind: "registry".to_owned(),
+                attrs,
+            });
+        }
+        let mut cache_imports = Vec::new();
+        if self.cache_import {
+            let mut attrs: BTreeMap<String, String> = [("ref".to_owned(), cache_ref)].into();
+            attrs.extend(insecure);
+            cache_imports.push(CacheEntry {
+                kind: "registry".to_owned(),
+                attrs,
+            });
+        }
+        SolveSpec {
+            reference,
+            frontend: FRONTEND.to_owned(),
+            frontend_attrs: attrs,
+            exporters: vec![ExporterSpec {
+                kind: "image".to_owned(),
+                attrs: exporter,
+            }],
+            cache_exports,
+            cache_imports,
+            entitlements,
+        }
+    }
+}
