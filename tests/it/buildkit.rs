@@ -18,6 +18,11 @@ fn layers(s: &Services, repo: &str, tag: &str) -> Vec<String> {
         .collect()
 }
 
+/// The entries of the first layer of `repo:tag` (see [`Services::layer_listing`]).
+fn first_layer_listing(s: &Services, repo: &str, tag: &str) -> Vec<String> {
+    s.layer_listing(repo, &layers(s, repo, tag)[0])
+}
+
 #[test]
 fn copied_context_equals_the_selection() {
     let s = Services::get();
@@ -104,9 +109,8 @@ fn multi_stage_with_run_steps_pushes_every_tag() {
     assert!(err.contains("built"), "{err}");
     let latest = s.manifest(&repo, "latest").expect("latest pushed");
     assert_eq!(s.manifest(&repo, "v1"), Some(latest.clone()));
-    let layers = layers(&s, &repo, "v1");
     assert_eq!(
-        s.layer_listing(&repo, &layers[0]),
+        first_layer_listing(&s, &repo, "v1"),
         vec!["-rw-r--r-- loud.txt".to_owned()]
     );
 }
@@ -319,4 +323,65 @@ fn mtls_tcp_address_reaches_buildkit() {
         .concat(),
     );
     assert_eq!(code, 1, "{err}");
+}
+
+/// The second, modern daemon (dockerd 28's BuildKit) answers `doctor` with its version and a linux worker.
+#[test]
+#[expect(
+    clippy::print_stdout,
+    reason = "the version the daemon reports is worth seeing in the test output"
+)]
+fn second_daemon_doctor_reports_version_and_platform() {
+    let s = Services::get();
+    let text = Tree::new().run_ok(&["doctor", "--addr", &s.buildkit_addr2]);
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("version:"))
+        .unwrap_or_else(|| panic!("no version line: {text}"))
+        .trim();
+    println!("BuildKit at {}: version {version}", s.buildkit_addr2);
+    assert!(
+        !version.is_empty() && !version.starts_with("unknown"),
+        "{text}"
+    );
+    assert!(text.contains("platforms: linux/"), "{text}");
+}
+
+/// A `FROM scratch` image built through the second daemon lands in the registry. That daemon refuses the
+/// `network.host` entitlement (like a standalone buildkitd), so the build asks for no network.
+#[test]
+fn second_daemon_builds_into_the_registry() {
+    let s = Services::get();
+    let repo = unique_repo("daemon2");
+    let t = Tree::buildable_on(
+        &s.buildkit_addr2,
+        "none",
+        &repo,
+        "FROM scratch\nCOPY hello.txt /\n",
+    )
+    .file("app/hello.txt", "from the second daemon\n");
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        first_layer_listing(&s, &repo, "latest"),
+        vec!["-rw-r--r-- hello.txt".to_owned()]
+    );
+}
+
+/// The second daemon refuses a solve that asks for the `network.host` entitlement, with BuildKit's own words.
+#[test]
+fn second_daemon_refuses_network_host() {
+    let s = Services::get();
+    let repo = unique_repo("daemon2-host");
+    let t = Tree::buildable_on(&s.buildkit_addr2, "host", &repo, "FROM scratch\nCOPY x /\n")
+        .file("app/x", "");
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "granting entitlement network.host is not allowed by build daemon configuration"
+        ),
+        "{err}"
+    );
+    assert_eq!(s.manifest(&repo, "latest"), None);
 }

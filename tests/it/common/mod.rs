@@ -148,6 +148,9 @@ pub fn bytes(p: &Path) -> &[u8] {
 /// The real services `hack/services start` runs, from the environment or its env file.
 pub struct Services {
     pub buildkit_addr: String,
+    /// The second, modern daemon (dockerd 28's BuildKit). It refuses the `network.host` entitlement: builds on it use
+    /// `network = "none"` (RUN steps get a loopback-only network namespace).
+    pub buildkit_addr2: String,
     pub registry: String,
     pub base_image: String,
     pub docker_sock: String,
@@ -158,6 +161,7 @@ impl Services {
     pub fn get() -> Services {
         Services {
             buildkit_addr: env_or_file("BUILDOPT_TEST_BUILDKIT_ADDR"),
+            buildkit_addr2: env_or_file("BUILDOPT_TEST_BUILDKIT_ADDR2"),
             registry: env_or_file("BUILDOPT_TEST_REGISTRY"),
             base_image: env_or_file("BUILDOPT_TEST_BASE_IMAGE"),
             docker_sock: env_or_file("BUILDOPT_TEST_DOCKER_SOCK"),
@@ -284,13 +288,18 @@ impl Tree {
 
     /// A workspace whose one service `app` builds `dockerfile` from context `app/` into a fresh repository.
     pub fn buildable(repo: &str, dockerfile: &str) -> Tree {
+        Tree::buildable_on(&Services::get().buildkit_addr, "host", repo, dockerfile)
+    }
+
+    /// [`Tree::buildable`] on the BuildKit at `addr`, with `[buildkit] network = "<network>"`.
+    pub fn buildable_on(addr: &str, network: &str, repo: &str, dockerfile: &str) -> Tree {
         let s = Services::get();
         Tree::new()
             .file(
                 "buildopt.toml",
                 format!(
-                    "[registry]\nurl = \"{}\"\ninsecure = true\n\n[buildkit]\naddr = \"{}\"\nnetwork = \"host\"\n\n[services.app]\ncontext = \"app\"\nimage = \"{repo}\"\nbuild_args = {{ BASE_IMAGE = \"{}\" }}\n",
-                    s.registry, s.buildkit_addr, s.base_image
+                    "[registry]\nurl = \"{}\"\ninsecure = true\n\n[buildkit]\naddr = \"{addr}\"\nnetwork = \"{network}\"\n\n[services.app]\ncontext = \"app\"\nimage = \"{repo}\"\nbuild_args = {{ BASE_IMAGE = \"{}\" }}\n",
+                    s.registry, s.base_image
                 ),
             )
             .file("app/Dockerfile", dockerfile)
