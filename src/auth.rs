@@ -46,9 +46,9 @@ pub struct Credential {
 /// Why credentials could not be found.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// ECR did not hand out a token.
-    #[error("cannot get an ECR authorization token")]
-    Ecr(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// ECR did not hand out a token (the ECR error says what to do).
+    #[error(transparent)]
+    Ecr(Box<dyn std::error::Error + Send + Sync>),
     /// The docker config could not be read or parsed.
     #[error("cannot use docker config {}: {reason}", path.display())]
     DockerConfig {

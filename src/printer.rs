@@ -1,7 +1,12 @@
 //! All user-facing output goes through a [`Printer`]: results to stdout, everything for humans to stderr, and
 //! `--quiet` silencing the latter. Diagnostics go through `tracing`, set up here too.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
+
+/// Whether stderr gets colour: a terminal, and `NO_COLOR` unset or empty (<https://no-color.org>).
+pub(crate) fn colour() -> bool {
+    io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
 
 /// How much to say on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,12 +57,14 @@ impl Printer {
         io::stderr().lock()
     }
 
-    /// Installs the tracing subscriber: warnings by default, more with `-v`, overridable with `BUILDOPT_LOG`.
+    /// Installs the tracing subscriber: buildopt's own warnings by default (the libraries' only from `-v` on: the
+    /// AWS SDK alone logs a warning per credential provider it tries), more with `-v`, overridable with
+    /// `BUILDOPT_LOG`. Colour only on a terminal, and never with `NO_COLOR` set.
     pub fn init_tracing(&self) {
         let default = match self.verbosity {
-            Verbosity::Quiet => "error",
-            Verbosity::Normal => "warn",
-            Verbosity::Verbose => "buildopt=debug,info",
+            Verbosity::Quiet => "buildopt=error",
+            Verbosity::Normal => "buildopt=warn",
+            Verbosity::Verbose => "buildopt=debug,warn",
             Verbosity::Trace => "buildopt=trace,debug",
         };
         let filter = tracing_subscriber::EnvFilter::try_from_env("BUILDOPT_LOG")
@@ -65,6 +72,7 @@ impl Printer {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(io::stderr)
+            .with_ansi(colour())
             .with_target(false)
             .without_time()
             .try_init();

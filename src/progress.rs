@@ -652,25 +652,19 @@ fn human_bytes(n: i64) -> String {
 /// Writes `events` in buildctl's plain format, each line prefixed with `[service]`.
 fn write_plain(w: &mut impl Write, service: &str, events: &[Event]) -> io::Result<()> {
     for Event { index, kind, .. } in events {
-        write!(w, "[{service}] ")?;
-        if let Some(index) = index {
-            write!(w, "#{index} ")?;
-        }
-        match kind {
+        let text = match kind {
             EventKind::Vertex {
                 name,
                 state,
                 duration,
             } => match state {
-                VertexState::Running => writeln!(w, "{name}")?,
-                VertexState::Done => writeln!(w, "DONE {:.1}s", duration.as_secs_f64())?,
-                VertexState::Cached => writeln!(w, "CACHED")?,
-                VertexState::Error { error } => writeln!(w, "ERROR: {error}")?,
-                VertexState::Canceled => writeln!(w, "CANCELED")?,
+                VertexState::Running => name.clone(),
+                VertexState::Done => format!("DONE {:.1}s", duration.as_secs_f64()),
+                VertexState::Cached => "CACHED".to_owned(),
+                VertexState::Error { error } => format!("ERROR: {error}"),
+                VertexState::Canceled => "CANCELED".to_owned(),
             },
-            EventKind::Log { elapsed, line, .. } => {
-                writeln!(w, "{:.3} {line}", elapsed.as_secs_f64())?;
-            }
+            EventKind::Log { elapsed, line, .. } => format!("{:.3} {line}", elapsed.as_secs_f64()),
             EventKind::Status {
                 id,
                 current,
@@ -684,9 +678,17 @@ fn write_plain(w: &mut impl Write, service: &str, events: &[Event]) -> io::Resul
                     _ => format!("{} / {} ", human_bytes(*current), human_bytes(*total)),
                 };
                 let done = if *done { " done" } else { "" };
-                writeln!(w, "{id} {amount}{:.1}s{done}", elapsed.as_secs_f64())?;
+                format!("{id} {amount}{:.1}s{done}", elapsed.as_secs_f64())
             }
-            EventKind::Warning { short, .. } => writeln!(w, "WARN: {short}")?,
+            EventKind::Warning { short, .. } => format!("WARN: {short}"),
+        };
+        // Every line gets the prefix, so a multi-line daemon message never shows up unattributed.
+        let prefix = match index {
+            Some(index) => format!("[{service}] #{index} "),
+            None => format!("[{service}] "),
+        };
+        for line in text.split('\n') {
+            writeln!(w, "{prefix}{line}")?;
         }
     }
     Ok(())

@@ -395,7 +395,6 @@ fn report_of(
     }
 }
 
-
 /// What a finished task hands back.
 type Finished = (usize, Outcome);
 
@@ -773,7 +772,7 @@ async fn solve(
             let why = vertex_errors
                 .iter()
                 .find(|(name, _)| name.contains("cache"))
-                .map(|(_, e)| e.clone())
+                .map(|(_, e)| e.split_whitespace().collect::<Vec<_>>().join(" "))
                 .unwrap_or_else(|| "BuildKit reported no cache manifest".to_owned());
             warnings.push(format!(
                 "exporting the registry cache to {cache_ref} failed: {why}; the image was still pushed{}, and the next build with --cache-to registry will rebuild to export it",

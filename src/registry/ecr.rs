@@ -134,12 +134,9 @@ where
         cause = c.source();
     }
     let message = parts.join(": ");
-    if message.contains("credentials")
-        && (message.contains("no credentials")
-            || message.contains("load credentials")
-            || message.contains("CredentialsNotLoaded")
-            || message.contains("provider"))
-    {
+    // The service never answered, and the reason was the credential chain (a rejected credential is a service
+    // error, answered above).
+    if message.contains("credentials") {
         return EcrError::NoCredentials { operation };
     }
     EcrError::Api { operation, message }

@@ -97,15 +97,9 @@ pub enum RegistryError {
         /// Where the credentials came from.
         origin: String,
     },
-    /// Credentials could not be resolved.
-    #[error("cannot get credentials for {host}")]
-    Credentials {
-        /// Registry host.
-        host: String,
-        /// Why.
-        #[source]
-        source: crate::auth::AuthError,
-    },
+    /// Credentials could not be resolved (the credential source's error says what to do).
+    #[error(transparent)]
+    Credentials(crate::auth::AuthError),
     /// The reference is malformed.
     #[error("invalid image reference `{0}`")]
     Reference(String),
@@ -138,7 +132,7 @@ impl Classify for RegistryError {
             RegistryError::Unreachable { .. }
             | RegistryError::NoCredentials { .. }
             | RegistryError::Rejected { .. }
-            | RegistryError::Credentials { .. }
+            | RegistryError::Credentials(_)
             | RegistryError::Reference(_) => ErrorKind::Usage,
             RegistryError::Status { .. }
             | RegistryError::Missing(_)
@@ -366,10 +360,7 @@ impl RegistryClient {
                         auth: RegistryAuth::Anonymous,
                         origin: None,
                     }),
-                    Err(source) => Err(RegistryError::Credentials {
-                        host: host.to_owned(),
-                        source,
-                    }),
+                    Err(e) => Err(RegistryError::Credentials(e)),
                 }
             })
             .await

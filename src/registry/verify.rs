@@ -185,4 +185,3 @@ impl Verifier {
 fn is_index(m: &Manifest) -> bool {
     m.media_type.ends_with("image.index.v1+json") || m.media_type.ends_with("manifest.list.v2+json")
 }
-

@@ -13,3 +13,5 @@ mod context;
 mod hash;
 /// The registry as the source of truth, tags, ECR via moto, bad input.
 mod pipeline;
+/// Never a wrong skip, never a false report: races, faults (through loopback proxies) and odd input.
+mod trust;

@@ -1,7 +1,7 @@
 //! The full pipeline: the registry decides (content tags), requested tags move only after success, ECR through
 //! moto, and bad input fails clearly without moving anything.
 
-use crate::common::{Services, Tree, copy_tree, unique_repo};
+use crate::common::{Services, Tree, copy_tree, pairs, summary, unique_repo};
 
 /// A workspace with services `base`, `app` (depends on `base`, `FROM` its image) and `other`.
 fn three_services(s: &Services) -> (Tree, [String; 3]) {
@@ -23,28 +23,6 @@ fn three_services(s: &Services) -> (Tree, [String; 3]) {
         .file("other/Dockerfile", "FROM scratch\nCOPY other.txt /\n")
         .file("other/other.txt", "other v1\n");
     (t, repos.try_into().expect("three repositories"))
-}
-
-/// (verb, service) of each summary line.
-fn summary(stderr: &str) -> Vec<(String, String)> {
-    stderr
-        .lines()
-        .filter(|l| {
-            ["built ", "skipped ", "promoted ", "failed "]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next().unwrap().to_owned(), w.next().unwrap().to_owned())
-        })
-        .collect()
-}
-
-fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
 }
 
 #[test]

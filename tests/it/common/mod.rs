@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod tls;
 
 use std::os::unix::ffi::OsStrExt;
@@ -269,9 +270,18 @@ impl Tree {
     /// caller's.
     pub fn workspace(services: &[(&str, &[&str])]) -> (Tree, Vec<String>) {
         let s = Services::get();
+        Tree::workspace_at(&s.registry, &s.buildkit_addr, "host", services)
+    }
+
+    /// [`Tree::workspace`] with another registry (e.g. a fault-injecting proxy), daemon and RUN network.
+    pub fn workspace_at(
+        registry: &str,
+        addr: &str,
+        network: &str,
+        services: &[(&str, &[&str])],
+    ) -> (Tree, Vec<String>) {
         let mut toml = format!(
-            "[registry]\nurl = \"{}\"\ninsecure = true\n\n[buildkit]\naddr = \"{}\"\nnetwork = \"host\"\n",
-            s.registry, s.buildkit_addr
+            "[registry]\nurl = \"{registry}\"\ninsecure = true\n\n[buildkit]\naddr = \"{addr}\"\nnetwork = \"{network}\"\n"
         );
         let mut repos = Vec::new();
         for (name, deps) in services {
@@ -284,6 +294,21 @@ impl Tree {
             repos.push(repo);
         }
         (Tree::new().file("buildopt.toml", toml), repos)
+    }
+
+    /// Appends `text` to the file `rel` (e.g. a key to the last service of `buildopt.toml`).
+    pub fn append(&self, rel: impl AsRef<Path>, text: &str) {
+        let p = self.join(rel);
+        let old = std::fs::read_to_string(&p).unwrap_or_default();
+        std::fs::write(&p, old + text).unwrap();
+    }
+
+    /// Replaces `from` with `to` in the file `rel`.
+    pub fn replace(&self, rel: impl AsRef<Path>, from: &str, to: &str) {
+        let p = self.join(rel);
+        let old = std::fs::read_to_string(&p).unwrap();
+        assert!(old.contains(from), "{from:?} not in {}", p.display());
+        std::fs::write(&p, old.replace(from, to)).unwrap();
     }
 
     /// A workspace whose one service `app` builds `dockerfile` from context `app/` into a fresh repository.
@@ -395,5 +420,110 @@ impl Services {
                     .then(|| l.split_once(':').unwrap().1.trim().to_owned())
             })
             .expect("digest header")
+    }
+}
+
+/// (verb, service) of each summary line.
+pub fn summary(stderr: &str) -> Vec<(String, String)> {
+    stderr
+        .lines()
+        .filter(|l| {
+            ["built ", "skipped ", "promoted ", "failed ", "stopped "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next().unwrap().to_owned(), w.next().unwrap().to_owned())
+        })
+        .collect()
+}
+
+pub fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// A buildopt run in the background whose stderr is watched line by line.
+pub struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tree {
+    /// Starts `buildopt --progress plain ARGS` here (holding no daemon lock: the caller does when it must).
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("buildopt"))
+            .current_dir(self.path())
+            .env_remove("BUILDOPT_CONFIG")
+            .env_remove("BUILDOPT_LOG")
+            .args(["--progress", "plain"])
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+            reader: Some(reader),
+        }
+    }
+}
+
+impl Running {
+    /// Waits until a stderr line contains `text`; panics with what was seen after `secs` seconds.
+    pub fn wait_line(&mut self, text: &str, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(text);
+                    self.seen.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {text:?} within {secs}s:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends `signal` (`INT`, `TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the end; returns (exit code, all of stderr).
+    pub fn finish(mut self) -> (i32, String) {
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        self.seen.extend(self.lines.try_iter());
+        (code, self.seen.join("\n") + "\n")
     }
 }
