@@ -1,5 +1,8 @@
-//! BuildKit addresses and connections: `unix://`, `tcp://` (optionally mTLS), and `docker://` (dockerd's embedded
-//! BuildKit, reached by upgrading `POST /grpc` on the Docker socket to h2c).
+//! BuildKit addresses and connections: `unix://`, `tcp://` (optionally mTLS, see [`tls`]), and `docker://`
+//! (dockerd's embedded BuildKit, reached by upgrading `POST /grpc` on the Docker socket to h2c), and the words for
+//! a call that failed below gRPC.
+
+mod tls;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,7 +14,10 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::UnixStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+use tokio_util::either::Either;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub use tls::TlsFailure;
 
 /// The default Docker socket for `docker://`.
 pub const DEFAULT_DOCKER_SOCK: &str = "/var/run/docker.sock";
@@ -112,7 +118,8 @@ impl crate::error::Classify for ConnectError {
     fn kind(&self) -> crate::error::ErrorKind {
         match self {
             ConnectError::Unreachable { .. } => crate::error::ErrorKind::Failure,
-            ConnectError::Tls { .. } | ConnectError::TlsConfig(_) => crate::error::ErrorKind::Usage,
+            // Certificates, keys, names and TLS settings are the caller's to fix.
+            _ => crate::error::ErrorKind::Usage,
         }
     }
 }
@@ -153,18 +160,75 @@ pub enum ConnectError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A TLS file could not be read or used.
-    #[error("cannot use TLS file {}", path.display())]
+    /// The daemon and we disagree about TLS: certificates, names, or whether to speak it at all.
+    #[error("cannot connect to BuildKit at {addr}: {failure}")]
     Tls {
+        /// The address.
+        addr: String,
+        /// What went wrong, worded as what to change.
+        #[source]
+        failure: TlsFailure,
+    },
+    /// A TLS file could not be read.
+    #[error("cannot read TLS file {}", path.display())]
+    TlsFile {
         /// The file.
         path: PathBuf,
         /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A TLS file holds no PEM block of the kind it should.
+    #[error("no {what} in {}: expected a PEM file with a `-----BEGIN {}-----` block", path.display(), pem_label(what))]
+    TlsPem {
+        /// The file.
+        path: PathBuf,
+        /// What it should hold.
+        what: &'static str,
+    },
+    /// A TLS file is not valid PEM.
+    #[error("{} is not a valid PEM file", path.display())]
+    TlsPemSyntax {
+        /// The file.
+        path: PathBuf,
+        /// The PEM parser's complaint.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A certificate or key that cannot be used (broken encoding, unsupported key type).
+    #[error("cannot use the {what} in {}", path.display())]
+    TlsUnusable {
+        /// The file.
+        path: PathBuf,
+        /// What it holds.
+        what: &'static str,
+        /// Why it cannot be used.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client certificate was not issued for the client key.
+    #[error(
+        "the client certificate {} does not match the private key {}: pass the key the certificate was issued for",
+        cert.display(),
+        key.display()
+    )]
+    KeyMismatch {
+        /// `--tlscert`.
+        cert: PathBuf,
+        /// `--tlskey`.
+        key: PathBuf,
+    },
     /// TLS options given for a non-TCP address, or a client cert without its key.
     #[error("{0}")]
     TlsConfig(String),
+}
+
+fn pem_label(what: &str) -> &'static str {
+    if what.ends_with("key") {
+        "PRIVATE KEY"
+    } else {
+        "CERTIFICATE"
+    }
 }
 
 /// Opens a gRPC channel to BuildKit at `addr`.
@@ -220,54 +284,90 @@ pub async fn connect(addr: &Addr, tls: &TlsOptions) -> Result<Channel, ConnectEr
             let hint = format!(
                 "check that buildkitd listens on tcp://{hostport} and that the TLS settings match"
             );
-            let scheme = if tls.enabled() { "https" } else { "http" };
-            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{hostport}"))
+            // TLS is ours, not tonic's (see `tls`), so the URI says http either way; the daemon ignores it.
+            let endpoint = Endpoint::from_shared(format!("http://{hostport}"))
                 .map_err(|e| unreachable(hint.clone())(Box::new(e)))?
                 .connect_timeout(CONNECT_TIMEOUT);
-            if tls.enabled() {
-                endpoint = endpoint
-                    .tls_config(tls_config(tls).await?)
-                    .map_err(|e| unreachable(hint.clone())(Box::new(e)))?;
+            // tonic considers the channel connected once it has sent its HTTP/2 preface; a refused TLS 1.3 client
+            // certificate or a TLS port spoken to in plain text shows only when the daemon answers. Wait for that.
+            let (first_answer, mut opening) = tls::FirstAnswer::new();
+            let connector = if tls.enabled() {
+                let host = hostport
+                    .rsplit_once(':')
+                    .map_or(hostport.as_str(), |(h, _)| h);
+                Some(std::sync::Arc::new(tls::Connector::load(tls, host).await?))
+            } else {
+                None
+            };
+            let hostport = hostport.clone();
+            let connected = endpoint
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let (connector, hostport, first_answer) =
+                        (connector.clone(), hostport.clone(), first_answer.clone());
+                    async move {
+                        let io = match connector {
+                            Some(c) => Either::Left(c.connect(&hostport, &first_answer).await?),
+                            None => {
+                                Either::Right(tls::connect_plain(&hostport, &first_answer).await?)
+                            }
+                        };
+                        Ok::<_, std::io::Error>(TokioIo::new(io))
+                    }
+                }))
+                .await;
+            let tls_failure = |failure: TlsFailure| ConnectError::Tls {
+                addr: addr.to_string(),
+                failure,
+            };
+            match connected {
+                // No word within the timeout, or a first connection that ended unread: the calls will tell.
+                Ok(channel) => match tokio::time::timeout(CONNECT_TIMEOUT, opening).await {
+                    Ok(Ok(Err(failure))) => Err(tls_failure(failure)),
+                    _ => Ok(channel),
+                },
+                Err(e) => match tls::find_failure(&e)
+                    .cloned()
+                    .or_else(|| opening.try_recv().ok().and_then(Result::err))
+                {
+                    Some(failure) => Err(tls_failure(failure)),
+                    None => Err(unreachable(hint)(Box::new(e))),
+                },
             }
-            endpoint
-                .connect()
-                .await
-                .map_err(|e| unreachable(hint)(Box::new(e)))
         }
     }
 }
 
-async fn tls_config(tls: &TlsOptions) -> Result<ClientTlsConfig, ConnectError> {
-    async fn read(path: &Path) -> Result<Vec<u8>, ConnectError> {
-        fs_err::tokio::read(path)
-            .await
-            .map_err(|source| ConnectError::Tls {
-                path: path.to_owned(),
-                source,
-            })
+/// What a failed call says, for people: the daemon's own message, or, when the call failed below gRPC (TLS, TCP,
+/// HTTP/2), what went wrong there. tonic's words for those are "transport error", and its `Display` of a status
+/// prints the cause's `Debug`.
+pub(crate) fn status_message(status: &tonic::Status) -> String {
+    let Some(source) = std::error::Error::source(status) else {
+        return status.message().to_owned();
+    };
+    if let Some(failure) = tls::find_failure(source) {
+        return failure.to_string();
     }
-    let mut config = ClientTlsConfig::new();
-    if let Some(ca) = &tls.ca_cert {
-        config = config.ca_certificate(Certificate::from_pem(read(ca).await?));
-    } else {
-        config = config.with_enabled_roots();
+    // The innermost cause names what happened ("Connection reset by peer"); the layers above it add only
+    // "transport error", "connection error" and the like.
+    let mut innermost: &(dyn std::error::Error + 'static) = source;
+    while let Some(next) = innermost.source() {
+        innermost = next;
     }
-    match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => {
-            config = config.identity(Identity::from_pem(read(cert).await?, read(key).await?));
-        }
-        (None, None) => {}
-        _ => {
-            return Err(ConnectError::TlsConfig(
-                "--tlscert and --tlskey go together".to_owned(),
-            ));
-        }
-    }
-    if let Some(name) = &tls.server_name {
-        config = config.domain_name(name.clone());
-    }
-    Ok(config)
+    format!("the connection to BuildKit failed: {innermost}")
 }
+
+/// [`status_message`] as an error, for error chains: a [`TlsFailure`] keeps its own causes.
+pub(crate) fn status_error(status: tonic::Status) -> Box<dyn std::error::Error + Send + Sync> {
+    match std::error::Error::source(&status).and_then(tls::find_failure) {
+        Some(failure) => Box::new(failure.clone()),
+        None => Box::new(CallFailed(status_message(&status))),
+    }
+}
+
+/// A failed call, as [`status_message`] words it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct CallFailed(String);
 
 /// Upgrades a new connection to the Docker socket to h2c on `/grpc` and returns it, ready for HTTP/2.
 async fn docker_grpc_upgrade(sock: &Path) -> std::io::Result<Prefixed<UnixStream>> {
@@ -439,6 +539,28 @@ mod tests {
         for bad in ["http://x", "tcp://x", "tcp://:1", "unix://", "/run/x.sock"] {
             assert!(bad.parse::<Addr>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn status_messages_name_what_failed_below_grpc() {
+        // The daemon's own errors come without a source: their message is the whole story.
+        assert_eq!(
+            status_message(&tonic::Status::unknown("no such ref")),
+            "no such ref"
+        );
+        let reset = tonic::Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(
+            status_message(&reset),
+            "the connection to BuildKit failed: connection reset"
+        );
+        let refused = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            TlsFailure::ExpectsTls,
+        )));
+        assert_eq!(status_message(&refused), TlsFailure::ExpectsTls.to_string());
+        assert!(status_error(refused).is::<TlsFailure>());
     }
 
     #[tokio::test]

@@ -41,7 +41,7 @@ impl RpcError {
     fn from_status(call: &'static str, s: tonic::Status) -> RpcError {
         RpcError::Status {
             call,
-            message: s.message().to_owned(),
+            message: conn::status_message(&s),
             code: s.code(),
         }
     }
@@ -319,7 +319,7 @@ impl Client {
             .clone()
             .session(req)
             .await
-            .map_err(|s| SessionError::Connection(Box::new(s)))?
+            .map_err(|s| SessionError::Connection(conn::status_error(s)))?
             .into_inner()
             .map(|m| m.map(|m| m.data));
         session.serve(Pipe::new(inbound, out_tx)).await

@@ -37,11 +37,12 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Err(err) => {
             let mut out = printer.errors();
             let _ = writeln!(out, "error: {err}");
-            // Transport errors often repeat their cause's text; print each distinct line once.
+            // Transport errors often repeat their cause's text, and some errors end with their cause's text
+            // (`cannot connect to ...: <why>`): print each distinct line once.
             let mut last = err.to_string();
             for cause in err.chain().skip(1) {
                 let text = cause.to_string();
-                if text != last {
+                if !last.ends_with(&text) {
                     let _ = writeln!(out, "  Caused by: {text}");
                 }
                 last = text;

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::auth::Keychain;
 use crate::buildkit::dockerfile::{DockerfileSolve, NETWORK_HOST, NetworkMode};
-use crate::buildkit::{Client, ConnectError, RpcError};
+use crate::buildkit::{Client, RpcError};
 use crate::cli::args::{BuildArgs, CacheMode, DaemonArgs};
 use crate::config::{Registry, Service, Workspace};
 use crate::digest::Digest;
@@ -51,7 +51,7 @@ const CACHE_MANIFEST: &str = "cache.manifest";
 enum ServiceError {
     /// BuildKit could not be reached.
     #[error(transparent)]
-    Connect(Arc<ConnectError>),
+    Connect(Arc<super::daemon::ConnectFailure>),
     /// The solve failed (a step, the frontend, a push).
     #[error("{}{}", .source, entitlement_hint(.source))]
     Solve {
@@ -413,7 +413,7 @@ async fn execute(
     let mut task_of: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut started = vec![false; runs.len()];
     let mut building = 0;
-    let client: OnceCell<Result<Client, Arc<ConnectError>>> = OnceCell::new();
+    let client: OnceCell<Result<Client, Arc<super::daemon::ConnectFailure>>> = OnceCell::new();
     loop {
         // Dependents of failed services fail too, without building.
         for i in 0..runs.len() {
@@ -465,7 +465,7 @@ async fn execute(
                         .get_or_init(|| async {
                             super::daemon::connect(daemon, Some(ws))
                                 .await
-                                .map_err(|e| Arc::new(connect_error(e)))
+                                .map_err(Arc::new)
                         })
                         .await;
                     started[i] = true;
@@ -531,28 +531,6 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic".to_owned())
-}
-
-/// The connection error of the daemon commands' connect, as the typed error it started from.
-fn connect_error(e: Error) -> ConnectError {
-    let text = e.to_string();
-    for cause in e.chain() {
-        if let Some(c) = cause.downcast_ref::<ConnectError>() {
-            return match c {
-                ConnectError::Unreachable { addr, hint, .. } => ConnectError::Unreachable {
-                    addr: addr.clone(),
-                    hint: hint.clone(),
-                    source: text.clone().into(),
-                },
-                ConnectError::Tls { path, source } => ConnectError::Tls {
-                    path: path.clone(),
-                    source: std::io::Error::new(source.kind(), source.to_string()),
-                },
-                ConnectError::TlsConfig(m) => ConnectError::TlsConfig(m.clone()),
-            };
-        }
-    }
-    ConnectError::TlsConfig(text)
 }
 
 /// A skipped service: point its requested tags at its image.

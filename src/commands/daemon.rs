@@ -8,8 +8,31 @@ use crate::cli::args::{DaemonArgs, PruneArgs};
 use crate::config::Workspace;
 use crate::printer::Printer;
 
+/// Why the daemon could not be reached: a bad address, or the connection.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ConnectFailure {
+    /// The address is not one buildopt understands.
+    #[error(transparent)]
+    Addr(#[from] crate::buildkit::conn::AddrError),
+    /// The connection failed.
+    #[error(transparent)]
+    Connect(#[from] crate::buildkit::ConnectError),
+}
+
+impl crate::error::Classify for ConnectFailure {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            ConnectFailure::Addr(e) => e.kind(),
+            ConnectFailure::Connect(e) => e.kind(),
+        }
+    }
+}
+
 /// Resolves the address (flag or `BUILDKIT_HOST`, then config, then the local default) and connects.
-pub(super) async fn connect(args: &DaemonArgs, ws: Option<&Workspace>) -> Result<Client, Error> {
+pub(super) async fn connect(
+    args: &DaemonArgs,
+    ws: Option<&Workspace>,
+) -> Result<Client, ConnectFailure> {
     let addr: Addr = match args
         .addr
         .as_deref()

@@ -1,6 +1,7 @@
 //! Real builds against the real BuildKit (dockerd's, through `docker://`) and registry that hack/services starts;
 //! assertions are on what lands in the registry.
 
+use crate::common::tls::{Certs, Terminator, flags};
 use crate::common::{Services, Tree, daemon_lock, unique_repo};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -269,60 +270,210 @@ fn session_over_control_session_works_too() {
     assert!(listing.iter().any(|l| l.ends_with(" ctx/x")), "{listing:?}");
 }
 
-/// `tcp://` with mutual TLS reaches the real BuildKit: a TLS terminator (what stunnel or a load balancer would be
-/// in front of a buildkitd) checks the client certificate and forwards to dockerd's BuildKit.
+/// `doctor` against `addr` with `flags`, which must fail as a configuration error (exit code 2: the certificates,
+/// names or TLS settings are the caller's to fix) with one clear line: it contains
+/// `expected`, and no tonic or `Debug` rendering shows anywhere. Returns stderr.
+fn assert_clear_failure(t: &Tree, addr: &str, flags: &[&str], expected: &str) -> String {
+    let (code, _, err) = t.run(&[&["doctor", "--addr", addr][..], flags].concat());
+    assert_eq!(code, 2, "{err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error: "), "{err}");
+    assert!(
+        first.contains(expected),
+        "want {expected:?} in the first line:\n{err}"
+    );
+    for dump in [
+        "Status {",
+        "transport error",
+        "code: '",
+        "source: ",
+        "Error(",
+        "Custom {",
+        "kind: ",
+        "Some(",
+    ] {
+        assert!(!err.contains(dump), "{dump:?} in {err}");
+    }
+    for line in err.lines().skip(1) {
+        assert!(line.starts_with("  Caused by: "), "{err}");
+    }
+    err
+}
+
+/// `tcp://` with mutual TLS reaches the real BuildKit through a Go TLS terminator (Go's crypto/tls, as buildkitd
+/// uses) that requires and verifies client certificates, with a v3 client certificate and with a v1 one.
+// See: SRE report: a v1 client certificate (`openssl x509 -req` without `-extfile`), which buildctl and Go's TLS
+// server accept, failed with `invalid peer certificate: UnsupportedCertVersion` before connecting, because rustls's
+// `with_client_auth_cert` parses the certificate with webpki.
 #[test]
-fn mtls_tcp_address_reaches_buildkit() {
+fn mtls_tcp_address_reaches_buildkit_with_v3_and_v1_client_certificates() {
     let s = Services::get();
     let dir = tempfile::tempdir().unwrap();
-    let certs = crate::common::tls::Certs::generate(dir.path());
-    let proxy = crate::common::tls::Terminator::start(&certs, std::path::Path::new(&s.docker_sock));
+    let certs = Certs::generate(dir.path());
+    let daemon = Terminator::tls(&certs.server, Some(&certs.ca), false, &s.docker_sock);
     let t = Tree::new();
-    let addr = format!("tcp://127.0.0.1:{}", proxy.port);
-    let (ca, cert, key) = (
-        certs.ca.to_str().unwrap(),
-        certs.client.to_str().unwrap(),
-        certs.client_key.to_str().unwrap(),
-    );
-    let tls = [
-        "--tlscacert",
-        ca,
-        "--tlscert",
-        cert,
-        "--tlskey",
-        key,
-        "--tlsservername",
-        "buildkitd",
-    ];
-    let text = t.run_ok(&[&["doctor", "--addr", &addr][..], &tls].concat());
-    assert!(text.contains("platforms: linux/"), "{text}");
+    for client in [&certs.client, &certs.client_v1] {
+        let tls = flags(&certs.ca, Some(client), Some("buildkitd"));
+        let (code, out, err) = t.run(&[&["doctor", "--addr", &daemon.addr()][..], &tls].concat());
+        assert_eq!(code, 0, "{}: {err}\n{}", client.cert(), daemon.log());
+        assert!(out.contains("platforms: linux/"), "{out}");
+    }
+}
 
-    // Without a client certificate the terminator refuses the connection.
-    let (code, _, err) = t.run(&[
-        "doctor",
-        "--addr",
+/// Every way the client side of mutual TLS can be wrong gets one line that says what to change, whether the
+/// daemon reports it after the handshake (TLS 1.3) or during it (TLS 1.2).
+#[test]
+fn mtls_client_side_mistakes_are_clear_errors() {
+    let s = Services::get();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path());
+    let t = Tree::new();
+    let ca = certs.ca.cert();
+    for tls12 in [false, true] {
+        let daemon = Terminator::tls(&certs.server, Some(&certs.ca), tls12, &s.docker_sock);
+        let addr = daemon.addr();
+        let err = assert_clear_failure(
+            &t,
+            &addr,
+            &flags(&certs.ca, None, Some("buildkitd")),
+            "the daemon requires a client certificate: pass --tlscert and --tlskey",
+        );
+        assert!(
+            err.starts_with(&format!("error: cannot connect to BuildKit at {addr}: ")),
+            "{err}"
+        );
+        assert_clear_failure(
+            &t,
+            &addr,
+            &flags(&certs.ca, Some(&certs.stranger), Some("buildkitd")),
+            &format!(
+                "the daemon rejected the client certificate {}: it must be issued by a CA the daemon trusts",
+                certs.stranger.cert()
+            ),
+        );
+    }
+
+    // Mistakes found before connecting, each naming the file.
+    let daemon = Terminator::tls(&certs.server, Some(&certs.ca), false, &s.docker_sock);
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let (cert, key, other_key) = (
+        certs.client.cert(),
+        certs.client.key(),
+        certs.client_v1.key(),
+    );
+    for (cert, key, expected) in [
+        (
+            cert,
+            other_key,
+            format!("the client certificate {cert} does not match the private key {other_key}"),
+        ),
+        (
+            key,
+            key,
+            format!(
+                "no certificate in {key}: expected a PEM file with a `-----BEGIN CERTIFICATE-----` block"
+            ),
+        ),
+        (
+            cert,
+            cert,
+            format!(
+                "no private key in {cert}: expected a PEM file with a `-----BEGIN PRIVATE KEY-----` block"
+            ),
+        ),
+        (cert, missing, format!("cannot read TLS file {missing}")),
+    ] {
+        let flags = ["--tlscacert", ca, "--tlscert", cert, "--tlskey", key];
+        let err = assert_clear_failure(&t, &daemon.addr(), &flags, &expected);
+        if key == missing {
+            assert!(err.contains("No such file or directory"), "{err}");
+        }
+    }
+}
+
+/// The daemon's certificate is checked against the CA and the server name, and each mismatch says what to pass.
+#[test]
+fn mtls_server_certificate_mismatches_are_clear_errors() {
+    let s = Services::get();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path());
+    let daemon = Terminator::tls(&certs.server, Some(&certs.ca), false, &s.docker_sock);
+    let t = Tree::new();
+    let addr = daemon.addr();
+    let client = Some(&certs.client);
+    assert_clear_failure(
+        &t,
         &addr,
-        "--tlscacert",
-        ca,
-        "--tlsservername",
-        "buildkitd",
-    ]);
-    assert_eq!(code, 1, "{err}");
+        &flags(&certs.ca, client, Some("wrong-name")),
+        "the daemon's certificate is not valid for `wrong-name` (--tlsservername) but for `buildkitd`: pass --tlsservername buildkitd",
+    );
+    assert_clear_failure(
+        &t,
+        &addr,
+        &flags(&certs.ca, client, None),
+        "the daemon's certificate is not valid for `127.0.0.1` (the host in the address) but for `buildkitd`",
+    );
+    assert_clear_failure(
+        &t,
+        &addr,
+        &flags(&certs.other_ca, client, Some("buildkitd")),
+        &format!(
+            "the daemon's certificate is not signed by the CA in {}: pass the CA that issued it with --tlscacert",
+            certs.other_ca.cert()
+        ),
+    );
+}
+
+/// A v1 server certificate cannot be verified (no subjectAltName); the error says how to re-issue it.
+#[test]
+fn v1_server_certificate_gets_reissue_advice() {
+    let s = Services::get();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path());
+    let daemon = Terminator::tls(&certs.server_v1, Some(&certs.ca), false, &s.docker_sock);
+    let err = assert_clear_failure(
+        &Tree::new(),
+        &daemon.addr(),
+        &flags(&certs.ca, Some(&certs.client), Some("buildkitd")),
+        "the daemon's certificate is an X.509 v1 certificate, which cannot be verified",
+    );
     assert!(
-        err.contains(&format!("cannot connect to BuildKit at {addr}"))
-            || err.contains("Info failed"),
+        err.contains("Re-issue it as v3 with a subjectAltName")
+            && err.contains("-extfile <(printf 'subjectAltName=DNS:buildkitd')"),
         "{err}"
     );
-    // And the daemon's certificate is checked against the CA and the server name.
-    let (code, _, err) = t.run(
-        &[
-            &["doctor", "--addr", &addr][..],
-            &tls[..6],
-            &["--tlsservername", "wrong-name"],
-        ]
-        .concat(),
+}
+
+/// TLS to a plain-TCP port and plain TCP to a TLS port are named as such, with the flags to change.
+#[test]
+fn tls_and_plain_port_mix_ups_are_named() {
+    let s = Services::get();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(dir.path());
+    let t = Tree::new();
+
+    let plain = Terminator::plain(&s.docker_sock);
+    assert!(
+        t.run_ok(&["doctor", "--addr", &plain.addr()])
+            .contains("platforms: linux/")
     );
-    assert_eq!(code, 1, "{err}");
+    assert_clear_failure(
+        &t,
+        &plain.addr(),
+        &flags(&certs.ca, Some(&certs.client), Some("buildkitd")),
+        "the daemon answered the TLS handshake with plain HTTP/2 (gRPC without TLS), so this port does not use TLS: drop --tlscacert, --tlscert, --tlskey and --tlsservername",
+    );
+
+    for client_ca in [Some(&certs.ca), None] {
+        let tls = Terminator::tls(&certs.server, client_ca, false, &s.docker_sock);
+        assert_clear_failure(
+            &t,
+            &tls.addr(),
+            &[],
+            "the daemon closed the connection without answering, as a TLS port does when spoken to without TLS: if it uses TLS, pass --tlscacert",
+        );
+    }
 }
 
 /// The second, modern daemon (dockerd 28's BuildKit) answers `doctor` with its version and a linux worker.
