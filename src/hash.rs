@@ -414,8 +414,12 @@ impl ServiceInputs {
                     ));
                 };
                 let hashed = &self.entries[i];
-                if hashed.kind != sent.kind {
-                    return Err(changed("its type changed".to_owned()));
+                match (&hashed.kind, &sent.kind) {
+                    (EntryKind::Symlink(a), EntryKind::Symlink(b)) if a != b => {
+                        return Err(changed("its link target changed".to_owned()));
+                    }
+                    (a, b) if a != b => return Err(changed("its type changed".to_owned())),
+                    _ => {}
                 }
                 if hashed.mode != sent.mode {
                     return Err(changed(format!(
@@ -459,6 +463,113 @@ impl Classify for HashError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::{SentContent, Transfer};
+
+    /// A service `app` in a temporary directory, hashed.
+    fn hashed(files: &[(&str, &str)]) -> (tempfile::TempDir, Service, ServiceInputs) {
+        let dir = tempfile::tempdir().unwrap();
+        for (p, c) in files {
+            let path = dir.path().join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, c).unwrap();
+        }
+        let svc = Service {
+            name: "app".into(),
+            context: dir.path().to_owned(),
+            dockerfile: dir.path().join("Dockerfile"),
+            image: "app".into(),
+            tags: vec!["latest".into()],
+            cache_tag: "cache".into(),
+            target: None,
+            build_args: BTreeMap::new(),
+            platforms: Vec::new(),
+            depends_on: Vec::new(),
+            labels: BTreeMap::new(),
+            source_date_epoch: None,
+        };
+        let inputs = hash_service(&svc, &BTreeMap::new(), &Index::disabled(), &[]).unwrap();
+        (dir, svc, inputs)
+    }
+
+    /// What the session would send now for local `context`, every file's content included.
+    fn sent_now(svc: &Service) -> Transfer {
+        let (entries, _) = walk(&svc.context, &crate::context::ContextFilter::all()).unwrap();
+        let sent = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind == EntryKind::File)
+            .map(|(id, e)| {
+                let bytes = std::fs::read(e.abs_path(&svc.context)).unwrap();
+                let content = SentContent {
+                    size: bytes.len() as u64,
+                    digest: Digest::of(&bytes),
+                    error: None,
+                };
+                (id as u32, content)
+            })
+            .collect();
+        Transfer {
+            local: crate::session::LOCAL_CONTEXT.to_owned(),
+            root: svc.context.clone(),
+            entries,
+            sent,
+        }
+    }
+
+    #[test]
+    fn what_was_sent_is_checked_against_what_was_hashed() {
+        let (dir, svc, inputs) = hashed(&[("Dockerfile", "FROM scratch\n"), ("a.txt", "one")]);
+        inputs.check_sent(&svc, &[sent_now(&svc)]).unwrap();
+
+        // Edited after hashing, with the content asked for: caught by the content hash.
+        std::fs::write(dir.path().join("a.txt"), "two").unwrap();
+        let err = inputs.check_sent(&svc, &[sent_now(&svc)]).unwrap_err();
+        assert!(
+            err.to_string().contains("a.txt changed during the build"),
+            "{err}"
+        );
+
+        // Not asked for (the daemon reused its copy) but changed since hashing: caught by size and time.
+        let mut t = sent_now(&svc);
+        t.sent.clear();
+        assert!(inputs.check_sent(&svc, &[t]).is_err());
+        std::fs::write(dir.path().join("a.txt"), "one").unwrap();
+
+        // A new file that was not hashed.
+        std::fs::write(dir.path().join("b.txt"), "new").unwrap();
+        let err = inputs.check_sent(&svc, &[sent_now(&svc)]).unwrap_err();
+        assert!(
+            err.to_string().contains("not among the hashed inputs"),
+            "{err}"
+        );
+        std::fs::remove_file(dir.path().join("b.txt")).unwrap();
+
+        // A mode change.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("a.txt"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let err = inputs.check_sent(&svc, &[sent_now(&svc)]).unwrap_err();
+        assert!(err.to_string().contains("its mode changed"), "{err}");
+
+        // The Dockerfile, sent from its own directory.
+        std::fs::set_permissions(
+            dir.path().join("a.txt"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY . /\n").unwrap();
+        let mut df2 = sent_now(&svc);
+        df2.local = crate::session::LOCAL_DOCKERFILE.to_owned();
+        let err = inputs.check_sent(&svc, &[df2]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Dockerfile changed during the build"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_file_that_keeps_changing_is_an_error_not_a_crash() {

@@ -5,7 +5,7 @@ mod auth;
 mod filesync;
 pub(crate) mod stream;
 
-pub use filesync::Transfer;
+pub use filesync::{SentContent, Transfer};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -310,7 +310,8 @@ mod pipe_tests {
         std::fs::write(root.join("node_modules/drop.js"), "").unwrap();
         std::fs::write(root.join("node_modules/keep/k.js"), "k").unwrap();
         std::os::unix::fs::symlink("a-b", root.join("link")).unwrap();
-        let (channel, _serve) = connect(session(root)).await;
+        let sent = session(root);
+        let (channel, _serve) = connect(sent.clone()).await;
 
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let mut req = tonic::Request::new(ReceiverStream::new(rx));
@@ -405,6 +406,23 @@ mod pipe_tests {
             stream.message().await.unwrap().is_none(),
             "the call ends OK after FIN"
         );
+        // The session's record of the transfer, which the build compares with what it hashed.
+        let log = sent.transfers();
+        assert_eq!(log.len(), 1);
+        assert_eq!(
+            (log[0].local.as_str(), log[0].entries.len()),
+            ("context", 8)
+        );
+        let mut ids: Vec<u32> = log[0].sent.keys().copied().collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [2, 7]);
+        assert_eq!(log[0].sent[&2].size, 600_000);
+        assert_eq!(
+            log[0].sent[&2].digest,
+            crate::digest::Digest::of(&[7u8; 600_000])
+        );
+        assert_eq!(log[0].sent[&7].digest, crate::digest::Digest::of(b"k"));
+        assert_eq!(log[0].sent[&7].error, None);
 
         // An unknown ID is refused.
         let (tx, rx) = tokio::sync::mpsc::channel(4);

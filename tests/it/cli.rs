@@ -58,6 +58,47 @@ fn invalid_image_name() {
     insta::assert_snapshot!(err, @"error: [TEMP]/buildopt.toml:3: `services.app.image`: invalid image name `Team/App`: an image name is lowercase path components like `team/api` (letters, digits, and `.`, `_`, `-` between them)");
 }
 
+// See: issue 7 (config accepted that should not be).
+#[test]
+fn platforms_must_be_known_and_listed_once() {
+    let (code, err) =
+        config_error("[services.app]\ncontext = \"app\"\nplatforms = [\"linux/amd46\"]\n");
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(err, @"error: [TEMP]/buildopt.toml:3: `services.app.platforms`: invalid platform `linux/amd46`: unknown architecture `amd46` (known: 386, amd64, arm, arm64, loong64, mips, mips64, mips64le, mipsle, ppc64, ppc64le, riscv64, s390x, wasm)");
+    let many = vec!["\"linux/amd64\""; 2001].join(", ");
+    let (code, err) = config_error(&format!(
+        "[services.app]\ncontext = \"app\"\nplatforms = [{many}]\n"
+    ));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("platform `linux/amd64` is listed twice; remove one"),
+        "{err}"
+    );
+}
+
+#[test]
+fn content_tags_are_buildopts_alone() {
+    let (code, err) =
+        config_error("[services.app]\ncontext = \"app\"\ntags = [\"latest\", \"bo-1\"]\n");
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(err, @"error: [TEMP]/buildopt.toml:3: `services.app.tags`: tag `bo-1` starts with `bo-`, which is reserved for buildopt's content tags; choose another tag");
+}
+
+#[test]
+fn the_cache_tag_is_not_a_requested_tag() {
+    let (code, err) = config_error(
+        "[services.app]\ncontext = \"app\"\ntags = [\"latest\"]\ncache_tag = \"latest\"\n",
+    );
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(err, @"error: [TEMP]/buildopt.toml:4: `services.app.cache_tag`: `latest` is also a requested tag: the cache would overwrite the image (or the image the cache); use another tag");
+    let (code, err) = config_error("[services.app]\ncontext = \"app\"\ntags = [\"cache\"]\n");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("`cache` is a requested tag and the default cache tag"),
+        "{err}"
+    );
+}
+
 #[test]
 fn toml_syntax_error() {
     let (code, err) = config_error("[services.app\ncontext = \"app\"\n");

@@ -532,3 +532,173 @@ fn no_colour_on_a_pipe() {
     assert!(err.contains("rebuilding the local hash index"), "{err}");
     assert!(!err.contains('\u{1b}'), "{err:?}");
 }
+
+/// A registry that wants credentials when none were found says where buildopt looked, and does not claim that
+/// credentials were rejected.
+#[test]
+fn no_credentials_is_not_rejected_credentials() {
+    let s = Services::get();
+    let repo = unique_repo("t-nocreds");
+    let t = Tree::new()
+        .file(
+            "buildopt.toml",
+            format!(
+                "[registry]\nurl = \"{}\"\ninsecure = true\n[services.app]\ncontext = \"app\"\nimage = \"{repo}\"\n",
+                s.auth_registry()
+            ),
+        )
+        .file("app/Dockerfile", "FROM scratch\n");
+    std::fs::create_dir_all(t.join("home")).unwrap();
+    let out = t
+        .cmd()
+        .env("HOME", t.join("home"))
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("BUILDOPT_REGISTRY_USERNAME")
+        .args(["plan"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "registry {} requires credentials for {}/{repo}:bo-",
+            s.auth_registry(),
+            s.auth_registry()
+        )) && err.contains(&format!(
+            "and none were found (looked in: BUILDOPT_REGISTRY_USERNAME/BUILDOPT_REGISTRY_PASSWORD; docker config {}",
+            t.join("home/.docker/config.json").display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("rejected"), "{err}");
+}
+
+/// A `credsStore` helper is a program: it runs once per registry per build, however often BuildKit asks.
+#[test]
+fn a_credential_helper_runs_once_per_registry_per_run() {
+    let s = Services::get();
+    let repo = unique_repo("t-helper");
+    let t = Tree::new()
+        .file(
+            "buildopt.toml",
+            format!(
+                "[registry]\nurl = \"{}\"\ninsecure = true\n[buildkit]\naddr = \"{}\"\nnetwork = \"host\"\n[services.app]\ncontext = \"app\"\nimage = \"{repo}\"\n",
+                s.auth_registry(),
+                s.buildkit_addr
+            ),
+        )
+        // The base image is pulled from, and the image pushed to, the registry that needs the helper's answer.
+        .file(
+            "app/Dockerfile",
+            format!("FROM {}\nCOPY f /\n", s.auth_base_image()),
+        )
+        .file("app/f", repo.clone());
+    let calls = t.join("calls");
+    let password = crate::common::env_or_file("BUILDOPT_TEST_AUTH_PASSWORD");
+    t.file_mode(
+        "bin/docker-credential-counting",
+        format!(
+            "#!/bin/sh\necho \"$1\" >> {}\nread host\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"AWS\",\"Secret\":\"{password}\"}}' \"$host\"\n",
+            calls.display()
+        ),
+        0o755,
+    );
+    std::fs::create_dir_all(t.join("docker")).unwrap();
+    std::fs::write(t.join("docker/config.json"), r#"{"credsStore":"counting"}"#).unwrap();
+    let path = format!(
+        "{}:{}",
+        t.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (code, err) = t.build_isolated(
+        &[
+            ("PATH", path.as_str()),
+            ("DOCKER_CONFIG", t.join("docker").to_str().unwrap()),
+        ],
+        &["--cache-to", "registry"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains(&password),
+        "the secret leaked into the output"
+    );
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["get"],
+        "helper calls: {log}"
+    );
+}
+
+/// An unusable docker config must not stop a build to a registry that needs no credentials.
+#[test]
+fn an_unreadable_docker_config_does_not_break_an_anonymous_registry() {
+    let repo = unique_repo("t-badconfig");
+    let t = Tree::buildable(&repo, "FROM scratch\nCOPY f /\n").file("app/f", "x");
+    std::fs::create_dir_all(t.join("docker/config.json")).unwrap(); // a directory: reading it fails
+    let (code, err) = t.build_isolated(
+        &[("DOCKER_CONFIG", t.join("docker").to_str().unwrap())],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "ignoring docker config {}",
+            t.join("docker/config.json").display()
+        )),
+        "{err}"
+    );
+}
+
+/// As a user with their own rootless buildkitd, the default address is that one, even when the rootful socket
+/// exists too (the user cannot use it).
+#[test]
+fn a_non_root_user_defaults_to_the_rootless_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = Tree::new().app();
+    let xdg = t.join("xdg");
+    std::fs::create_dir_all(xdg.join("buildkit")).unwrap();
+    // Stand-ins: connecting to them fails, and the error names the address that was chosen.
+    std::fs::write(xdg.join("buildkit/buildkitd.sock"), "").unwrap();
+    let rootful = std::path::Path::new("/run/buildkit/buildkitd.sock");
+    let made_rootful = !rootful.exists();
+    if made_rootful {
+        std::fs::create_dir_all(rootful.parent().unwrap()).unwrap();
+        std::fs::write(rootful, "").unwrap();
+    }
+    for dir in [t.path().to_owned(), xdg.clone(), xdg.join("buildkit")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(assert_cmd::cargo::cargo_bin("buildopt"))
+        .arg("doctor")
+        .current_dir(t.path())
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .env_remove("BUILDKIT_HOST")
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let as_root = t
+        .cmd()
+        .arg("doctor")
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .env_remove("BUILDKIT_HOST")
+        .output()
+        .unwrap();
+    if made_rootful {
+        let _ = std::fs::remove_file(rootful);
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot connect to BuildKit at unix://{}/buildkit/buildkitd.sock",
+            xdg.display()
+        )),
+        "{err}"
+    );
+    let err = String::from_utf8_lossy(&as_root.stderr);
+    assert!(
+        err.contains("cannot connect to BuildKit at unix:///run/buildkit/buildkitd.sock"),
+        "{err}"
+    );
+}

@@ -296,6 +296,15 @@ impl Tree {
         (Tree::new().file("buildopt.toml", toml), repos)
     }
 
+    /// Writes an executable (or any `mode`) file, creating parent directories.
+    pub fn file_mode(&self, rel: impl AsRef<Path>, content: impl AsRef<[u8]>, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
     /// Appends `text` to the file `rel` (e.g. a key to the last service of `buildopt.toml`).
     pub fn append(&self, rel: impl AsRef<Path>, text: &str) {
         let p = self.join(rel);
