@@ -5,7 +5,9 @@ mod auth;
 mod filesync;
 pub(crate) mod stream;
 
-pub use filesync::{SentContent, Transfer};
+#[cfg(test)]
+pub(crate) use filesync::SentContent;
+pub use filesync::Transfer;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

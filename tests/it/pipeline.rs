@@ -429,17 +429,16 @@ fn immutable_ecr_repository_gets_a_warning() {
 #[test]
 fn environment_credentials_for_a_password_registry() {
     let s = Services::get();
-    let repo = unique_repo("p-envcreds");
-    let t = Tree::new()
-        .file(
-            "buildopt.toml",
-            format!(
-                "[registry]\nurl = \"{}\"\ninsecure = true\n[buildkit]\naddr = \"{}\"\nnetwork = \"host\"\n[services.app]\ncontext = \"app\"\nimage = \"{repo}\"\n",
-                s.auth_registry(),
-                s.buildkit_addr
-            ),
-        )
-        .file("app/Dockerfile", format!("FROM {}\nRUN echo env > /creds\n", s.auth_base_image()));
+    let (t, _) = Tree::workspace_at(
+        &s.auth_registry(),
+        &s.buildkit_addr,
+        "host",
+        &[("app", &[])],
+    );
+    let t = t.file(
+        "app/Dockerfile",
+        format!("FROM {}\nRUN echo env > /creds\n", s.auth_base_image()),
+    );
     let run = |password: &str| {
         t.build_isolated(
             &[

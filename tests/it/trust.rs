@@ -577,16 +577,14 @@ fn no_credentials_is_not_rejected_credentials() {
 #[test]
 fn a_credential_helper_runs_once_per_registry_per_run() {
     let s = Services::get();
-    let repo = unique_repo("t-helper");
-    let t = Tree::new()
-        .file(
-            "buildopt.toml",
-            format!(
-                "[registry]\nurl = \"{}\"\ninsecure = true\n[buildkit]\naddr = \"{}\"\nnetwork = \"host\"\n[services.app]\ncontext = \"app\"\nimage = \"{repo}\"\n",
-                s.auth_registry(),
-                s.buildkit_addr
-            ),
-        )
+    let (t, repos) = Tree::workspace_at(
+        &s.auth_registry(),
+        &s.buildkit_addr,
+        "host",
+        &[("app", &[])],
+    );
+    let repo = repos[0].clone();
+    let t = t
         // The base image is pulled from, and the image pushed to, the registry that needs the helper's answer.
         .file(
             "app/Dockerfile",
