@@ -2,7 +2,7 @@
 //!
 //! `protox` parses them in pure Rust, so the build needs no network and no system `protoc`;
 //! `tonic-prost-build` then generates the messages and gRPC stubs into `$OUT_DIR`, where
-//! `src/buildkit/proto.rs` includes them.
+//! `src/proto.rs` includes them.
 
 use std::{error::Error, path::PathBuf};
 
@@ -23,7 +23,7 @@ const SERVER_PROTOS: &[&str] = &[
     "proto/github.com/moby/buildkit/session/auth/auth.proto",
 ];
 
-/// Read by `src/buildkit/proto.rs` as `FILE_DESCRIPTOR_SET`.
+/// Read by `src/proto.rs` as `FILE_DESCRIPTOR_SET`.
 const DESCRIPTOR_FILE: &str = "buildopt_descriptor.bin";
 
 fn main() -> Result<(), Box<dyn Error>> {
