@@ -635,7 +635,7 @@ fn short_digest(digest: &str) -> &str {
 }
 
 /// Decimal byte sizes like buildctl: `512B`, `1.20MB`.
-fn human_bytes(n: i64) -> String {
+pub(crate) fn human_bytes(n: i64) -> String {
     const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
     let (mut value, mut unit) = (n as f64, 0);
     while value.abs() >= 1000.0 && unit < UNITS.len() - 1 {

@@ -7,6 +7,7 @@ use crate::buildkit::{Addr, Client, PruneSpec, TlsOptions};
 use crate::cli::args::{DaemonArgs, PruneArgs};
 use crate::config::Workspace;
 use crate::printer::Printer;
+use crate::progress::human_bytes;
 
 /// Why the daemon could not be reached: a bad address, or the connection.
 #[derive(Debug, thiserror::Error)]
@@ -155,23 +156,6 @@ pub(super) async fn prune(
         human_bytes(total)
     )?;
     Ok(ExitStatus::Success)
-}
-
-/// `1.2MB`-style sizes (decimal units, like Docker).
-pub(crate) fn human_bytes(n: i64) -> String {
-    let n = n.max(0) as f64;
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n;
-    let mut i = 0;
-    while v >= 1000.0 && i < units.len() - 1 {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.2}{}", units[i])
-    }
 }
 
 /// `10GB`, `512MiB`, `1000` (bytes).

@@ -486,3 +486,43 @@ fn json_progress_is_one_object_per_line_on_stdout() {
         "{out}"
     );
 }
+
+/// Without any AWS credentials, `plan` against ECR says so in one line, with the fix, and nothing from the SDK.
+// See: issue 7 (5 KB of SDK warnings and a Debug dump).
+#[test]
+fn no_aws_credentials_is_one_line_with_the_fix() {
+    let s = Services::get();
+    let t = Tree::new()
+        .file(
+            "buildopt.toml",
+            format!(
+                "[registry]\nurl = \"{}\"\ninsecure = true\necr = true\necr_endpoint = \"{}\"\necr_region = \"us-west-2\"\n[services.app]\ncontext = \"app\"\n",
+                s.auth_registry(),
+                s.moto()
+            ),
+        )
+        .file("app/Dockerfile", "FROM scratch\n");
+    std::fs::create_dir_all(t.join("home")).unwrap();
+    let mut cmd = t.cmd();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .env("HOME", t.join("home"))
+        // No instance metadata service to ask: the same answer as a machine whose metadata service says no.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .arg("plan")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: ECR GetAuthorizationToken: no AWS credentials found")
+            && err.contains("set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        "{err}"
+    );
+    assert!(!err.contains("WARN") && !err.contains('{'), "{err}");
+}
