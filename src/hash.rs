@@ -385,12 +385,18 @@ impl ServiceInputs {
                     return Err(changed(format!("it could not be sent: {error}")));
                 }
                 // Files known by their whole-file hash: the Dockerfile, the ignore file.
-                if sent.kind == EntryKind::File {
+                let known = [
+                    (&dockerfile, Some(self.dockerfile)),
+                    (&ignore, self.ignore.digest),
+                ];
+                // Resolving a path costs system calls: only for names that can be one of these files.
+                let named = |p: &Option<PathBuf>| {
+                    p.as_ref()
+                        .and_then(|p| p.file_name())
+                        .is_some_and(|n| Some(n) == abs.file_name())
+                };
+                if sent.kind == EntryKind::File && known.iter().any(|(p, _)| named(p)) {
                     let real = std::fs::canonicalize(&abs).ok();
-                    let known = [
-                        (&dockerfile, Some(self.dockerfile)),
-                        (&ignore, self.ignore.digest),
-                    ];
                     if let Some((_, Some(digest))) =
                         known.iter().find(|(p, _)| p.is_some() && **p == real)
                     {
