@@ -75,6 +75,29 @@ fn packet(ty: PacketType) -> Packet {
     }
 }
 
+/// The packets of one transfer, owning the task that produces them: when the daemon goes away and the server drops
+/// the stream, the transfer stops too.
+pub(crate) struct TransferStream {
+    packets: ReceiverStream<Result<Packet, Status>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl futures::Stream for TransferStream {
+    type Item = Result<Packet, Status>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.packets).poll_next(cx)
+    }
+}
+
+impl Drop for TransferStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Serves DiffCopy for a fixed set of named directories, logging what it sends.
 pub(crate) struct FileSyncService {
     pub(crate) dirs: Arc<HashMap<String, PathBuf>>,
@@ -135,7 +158,7 @@ pub(crate) type TransferLog = Arc<Mutex<Vec<Arc<Mutex<Transfer>>>>>;
 
 #[tonic::async_trait]
 impl pb::file_sync_server::FileSync for FileSyncService {
-    type DiffCopyStream = ReceiverStream<Result<Packet, Status>>;
+    type DiffCopyStream = TransferStream;
     type TarStreamStream = ReceiverStream<Result<Packet, Status>>;
 
     #[tracing::instrument(skip_all)]
@@ -187,8 +210,11 @@ impl pb::file_sync_server::FileSync for FileSyncService {
         let inbound = req.into_inner();
         // The transfer runs on its own task; it ends when the daemon finishes (FIN) or goes away, and the response
         // stream ends with it.
-        tokio::spawn(transfer(entries, files, inbound, tx, record));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let task = tokio::spawn(transfer(entries, files, inbound, tx, record));
+        Ok(Response::new(TransferStream {
+            packets: ReceiverStream::new(rx),
+            task: task.abort_handle(),
+        }))
     }
 
     async fn tar_stream(
