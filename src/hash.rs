@@ -519,6 +519,7 @@ mod tests {
             root: svc.context.clone(),
             entries,
             sent,
+            ..Transfer::default()
         }
     }
 

@@ -136,6 +136,12 @@ pub struct Transfer {
     pub local: String,
     /// The directory it names.
     pub root: PathBuf,
+    /// What the daemon asked for: `followpaths`, `include-patterns` and `exclude-patterns`, as sent.
+    pub followpaths: Vec<String>,
+    /// See [`Transfer::followpaths`].
+    pub include: Vec<String>,
+    /// See [`Transfer::followpaths`].
+    pub exclude: Vec<String>,
     /// Every entry sent as a STAT, in order (an entry's index is its file ID).
     pub entries: Vec<Entry>,
     /// Content sent, by file ID.
@@ -176,11 +182,12 @@ impl pb::file_sync_server::FileSync for FileSyncService {
                 "no access allowed to dir \"{name}\""
             )));
         };
-        let mut include = metadata_values(md, "include-patterns");
+        let requested_include = metadata_values(md, "include-patterns");
         let followpaths = metadata_values(md, "followpaths");
+        let mut include = requested_include.clone();
         include.extend(follow_targets(&root, &followpaths));
         let exclude = metadata_values(md, "exclude-patterns");
-        tracing::debug!(dir = %name, ?include, ?exclude, "DiffCopy");
+        tracing::debug!(dir = %name, ?followpaths, ?include, ?exclude, "DiffCopy");
         let filter = ContextFilter::new(&include, &exclude)
             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?
             .hide_own(&root, &self.own);
@@ -199,6 +206,9 @@ impl pb::file_sync_server::FileSync for FileSyncService {
         let record = Arc::new(Mutex::new(Transfer {
             local: name,
             root,
+            followpaths,
+            include: requested_include,
+            exclude,
             entries: entries.clone(),
             sent: HashMap::new(),
         }));
