@@ -99,6 +99,46 @@ pub(crate) struct ServiceReport {
     /// (cached, completed) build steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cache_hits: Option<(usize, usize)>,
+    /// What the daemon asked the session for, one record per file transfer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) transfers: Vec<TransferSummary>,
+}
+
+/// One file transfer BuildKit asked for, as the session saw it: which local directory, with which paths and
+/// patterns, and how much it sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct TransferSummary {
+    /// `context` or `dockerfile`.
+    pub(crate) local: String,
+    /// The paths the Dockerfile frontend derived from the build's `COPY`/`ADD`/mounts (empty: all).
+    pub(crate) followpaths: Vec<String>,
+    /// Include patterns.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) include: Vec<String>,
+    /// Exclude patterns (the `.dockerignore`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) exclude: Vec<String>,
+    /// Entries listed.
+    pub(crate) entries: usize,
+    /// Files whose content was sent.
+    pub(crate) files_sent: usize,
+    /// Bytes of content sent.
+    pub(crate) bytes_sent: u64,
+}
+
+impl TransferSummary {
+    /// The summary of one session transfer.
+    pub(crate) fn of(t: &crate::session::Transfer) -> TransferSummary {
+        TransferSummary {
+            local: t.local.clone(),
+            followpaths: t.followpaths.clone(),
+            include: t.include.clone(),
+            exclude: t.exclude.clone(),
+            entries: t.entries.len(),
+            files_sent: t.sent.len(),
+            bytes_sent: t.sent.values().map(|c| c.size).sum(),
+        }
+    }
 }
 
 fn millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -136,6 +176,7 @@ impl ServiceReport {
             warnings: Vec::new(),
             duration: None,
             cache_hits: None,
+            transfers: Vec::new(),
         }
     }
 
@@ -347,6 +388,7 @@ impl BuildReport {
                 "buildopt.cache-hit-ratio": s.cache_hits.filter(|h| h.1 > 0).map(|(c, t)| c as f64 / t as f64),
                 "buildopt.error": s.error,
                 "buildopt.warnings": s.warnings,
+                "buildopt.transfers": s.transfers,
             });
             (s.service.clone(), value)
         });

@@ -35,7 +35,7 @@ use crate::registry::promote::{
 };
 use crate::registry::verify::Verifier;
 use crate::registry::{RegistryError, content_tag};
-use crate::report::{BuildReport, ServiceReport, Status};
+use crate::report::{BuildReport, ServiceReport, Status, TransferSummary};
 use crate::session::{LOCAL_CONTEXT, LOCAL_DOCKERFILE, Session, SessionError, new_id};
 use crate::state::{ServiceState, StateStore};
 
@@ -115,6 +115,7 @@ enum Outcome {
         tags: Vec<TagMove>,
         warnings: Vec<String>,
         cache_hits: (usize, usize),
+        transfers: Vec<TransferSummary>,
         elapsed: Duration,
     },
     /// Its image existed; its tags were pointed at it.
@@ -348,9 +349,11 @@ fn report_of(
                     tags,
                     warnings,
                     cache_hits,
+                    transfers,
                     elapsed,
                 }) => {
                     report.status = Status::Built;
+                    report.transfers.clone_from(transfers);
                     report.image = Some(image.clone());
                     report.adopted = *adopted;
                     report.set_tags(tags, back);
@@ -608,7 +611,12 @@ async fn build(
         elapsed: Some(started.elapsed()),
     };
     let built = solve(ctx, client, svc, inputs, deps, progress).await;
-    let (image, cache_hits, warnings) = match built {
+    let Solved {
+        image,
+        cache_hits,
+        warnings,
+        transfers,
+    } = match built {
         Ok(b) => b,
         Err(e) => return failed(e, None, Vec::new()),
     };
@@ -619,6 +627,7 @@ async fn build(
             tags: Vec::new(),
             warnings,
             cache_hits,
+            transfers,
             elapsed: started.elapsed(),
         };
     }
@@ -651,8 +660,21 @@ async fn build(
         tags,
         warnings,
         cache_hits,
+        transfers,
         elapsed: started.elapsed(),
     }
+}
+
+/// What a successful solve produced.
+struct Solved {
+    /// The pushed (or stored) image's digest.
+    image: String,
+    /// (cached, completed) steps.
+    cache_hits: (usize, usize),
+    /// Problems that did not fail the build.
+    warnings: Vec<String>,
+    /// What the daemon asked the session for.
+    transfers: Vec<TransferSummary>,
 }
 
 /// Runs the solve with its session and status stream. Returns the pushed image's digest, the cache hits and
@@ -664,7 +686,7 @@ async fn solve(
     inputs: &ServiceInputs,
     deps: &[(Service, String)],
     mut progress: ServiceProgress,
-) -> Result<(String, (usize, usize), Vec<String>), ServiceError> {
+) -> Result<Solved, ServiceError> {
     let dockerfile_dir: PathBuf = svc
         .dockerfile
         .parent()
@@ -762,7 +784,17 @@ async fn solve(
     if let Some(p) = progress {
         p.finish(&checked.as_ref().map(|_| ()).map_err(|e| one_line(e)));
     }
-    checked.map(|(image, warnings)| (image, cache_hits, warnings))
+    let transfers = session
+        .transfers()
+        .iter()
+        .map(TransferSummary::of)
+        .collect();
+    checked.map(|(image, warnings)| Solved {
+        image,
+        cache_hits,
+        warnings,
+        transfers,
+    })
 }
 
 /// A failed solve: the daemon gone, or the build's own failure.
