@@ -129,6 +129,7 @@ enum Outcome {
         error: ServiceError,
         image: Option<String>,
         tags: Vec<TagMove>,
+        transfers: Vec<TransferSummary>,
         elapsed: Option<Duration>,
     },
 }
@@ -379,8 +380,10 @@ fn report_of(
                     error,
                     image,
                     tags,
+                    transfers,
                     elapsed,
                 }) => {
+                    report.transfers.clone_from(transfers);
                     report.status = Status::Failed;
                     report.error = Some(one_line(error));
                     report.image.clone_from(image);
@@ -433,6 +436,7 @@ async fn execute(
                     error: ServiceError::Dependency(dep.clone()),
                     image: None,
                     tags: Vec::new(),
+                    transfers: Vec::new(),
                     elapsed: None,
                 });
             }
@@ -479,6 +483,7 @@ async fn execute(
                                 error: ServiceError::Connect(e.clone()),
                                 image: None,
                                 tags: Vec::new(),
+                                transfers: Vec::new(),
                                 elapsed: None,
                             });
                             continue;
@@ -516,6 +521,7 @@ async fn execute(
                     error: ServiceError::Panicked(why),
                     image: None,
                     tags: Vec::new(),
+                    transfers: Vec::new(),
                     elapsed: None,
                 };
                 (i, outcome)
@@ -557,6 +563,7 @@ async fn promote(ctx: &RunContext, svc: &Service, image: String) -> Outcome {
             error: ServiceError::Tags(e),
             image: Some(image),
             tags,
+            transfers: Vec::new(),
             elapsed: Some(started.elapsed()),
         },
     }
@@ -604,18 +611,18 @@ async fn build(
     progress: ServiceProgress,
 ) -> Outcome {
     let started = Instant::now();
+    let (built, transfers) = solve(ctx, client, svc, inputs, deps, progress).await;
     let failed = |error: ServiceError, image: Option<String>, tags: Vec<TagMove>| Outcome::Failed {
         error,
         image,
         tags,
+        transfers: transfers.clone(),
         elapsed: Some(started.elapsed()),
     };
-    let built = solve(ctx, client, svc, inputs, deps, progress).await;
     let Solved {
         image,
         cache_hits,
         warnings,
-        transfers,
     } = match built {
         Ok(b) => b,
         Err(e) => return failed(e, None, Vec::new()),
@@ -673,8 +680,6 @@ struct Solved {
     cache_hits: (usize, usize),
     /// Problems that did not fail the build.
     warnings: Vec<String>,
-    /// What the daemon asked the session for.
-    transfers: Vec<TransferSummary>,
 }
 
 /// Runs the solve with its session and status stream. Returns the pushed image's digest, the cache hits and
@@ -686,7 +691,7 @@ async fn solve(
     inputs: &ServiceInputs,
     deps: &[(Service, String)],
     mut progress: ServiceProgress,
-) -> Result<Solved, ServiceError> {
+) -> (Result<Solved, ServiceError>, Vec<TransferSummary>) {
     let dockerfile_dir: PathBuf = svc
         .dockerfile
         .parent()
@@ -784,17 +789,18 @@ async fn solve(
     if let Some(p) = progress {
         p.finish(&checked.as_ref().map(|_| ()).map_err(|e| one_line(e)));
     }
+    // What the daemon asked for, also when the build failed (which files it wanted explains many failures).
     let transfers = session
         .transfers()
         .iter()
         .map(TransferSummary::of)
         .collect();
-    checked.map(|(image, warnings)| Solved {
+    let solved = checked.map(|(image, warnings)| Solved {
         image,
         cache_hits,
         warnings,
-        transfers,
-    })
+    });
+    (solved, transfers)
 }
 
 /// A failed solve: the daemon gone, or the build's own failure.
