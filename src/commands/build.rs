@@ -249,18 +249,20 @@ pub(super) fn run(
             () = execute(&ctx, &args.daemon, ws, &mut runs, usize::from(args.jobs)) => None,
             signal = interrupt() => Some(signal),
         };
-        // Whatever happened, the tags this run tried to move are read back from the registry.
-        let mut read_back = HashMap::new();
-        for run in &runs {
-            let name = &run.service.name;
-            if ctx.ledger.touched(name) {
-                let client = ctx.verifier.client();
-                read_back.insert(
-                    name.clone(),
-                    ctx.ledger.read_back(client, name, READ_BACK).await,
-                );
-            }
-        }
+        // Whatever happened, the tags this run tried to move are read back from the registry (all at once: after
+        // an interrupt this must not take long).
+        let (client, ledger) = (ctx.verifier.client(), &ctx.ledger);
+        let reads = runs
+            .iter()
+            .map(|r| r.service.name.as_str())
+            .filter(|name| ledger.touched(name))
+            .map(|name| async move {
+                (
+                    name.to_owned(),
+                    ledger.read_back(client, name, READ_BACK).await,
+                )
+            });
+        let read_back: HashMap<_, _> = futures::future::join_all(reads).await.into_iter().collect();
         let report = report_of(
             &ctx,
             &runs,
