@@ -78,7 +78,7 @@ pub(super) fn run(
     let started = Instant::now();
     let services: Vec<Service> = select(ws, &args.services)?.into_iter().cloned().collect();
     let refs: Vec<&Service> = services.iter().collect();
-    let inputs = hash_all(ws, &refs, printer)?;
+    let inputs = hash_all(ws, &refs)?;
     let network = args
         .network
         .unwrap_or(match ws.buildkit_network.as_deref() {

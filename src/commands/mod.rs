@@ -51,18 +51,14 @@ pub fn status_of(err: &anyhow::Error) -> ExitStatus {
     let usage = err.chain().any(|c| {
         c.is::<ConfigError>()
             || c.is::<UsageError>()
-            || matches!(
-                c.downcast_ref::<crate::context::ContextError>(),
-                Some(crate::context::ContextError::IgnoreSyntax { .. })
-            )
+            || c.downcast_ref::<crate::context::ContextError>()
+                .is_some_and(crate::context::ContextError::is_refusal)
             || c.downcast_ref::<crate::registry::RegistryError>()
                 .is_some_and(crate::registry::RegistryError::is_setup)
             || c.is::<crate::registry::ecr::EcrError>()
             || matches!(
                 c.downcast_ref::<crate::hash::HashError>(),
-                Some(crate::hash::HashError::Context(
-                    crate::context::ContextError::IgnoreSyntax { .. }
-                ))
+                Some(crate::hash::HashError::Context(e)) if e.is_refusal()
             )
     });
     if usage {
@@ -156,11 +152,7 @@ fn select<'a>(ws: &'a Workspace, names: &[String]) -> anyhow::Result<Vec<&'a Ser
 }
 
 /// Hashes `services` (dependencies first) with the workspace's content index, saving the index afterwards.
-fn hash_all(
-    ws: &Workspace,
-    services: &[&Service],
-    printer: Printer,
-) -> anyhow::Result<Vec<ServiceInputs>> {
+fn hash_all(ws: &Workspace, services: &[&Service]) -> anyhow::Result<Vec<ServiceInputs>> {
     let own = own_dirs(ws);
     let index = Index::open(&own[0]);
     if let IndexStatus::Discarded(why) = index.status() {
@@ -171,7 +163,6 @@ fn hash_all(
     for svc in services {
         let inputs = hash_service(svc, &digests, &index, &own)
             .with_context(|| format!("hashing service `{}`", svc.name))?;
-        warn_skipped(printer, &svc.name, &inputs);
         digests.insert(svc.name.clone(), inputs.digest);
         out.push(inputs);
     }
@@ -255,16 +246,4 @@ async fn registry_setup(
     let keychain: Arc<dyn Keychain> = Arc::new(MultiKeychain(chain));
     let client = crate::registry::RegistryClient::new(registry, keychain.clone())?;
     Ok((keychain, client))
-}
-
-fn warn_skipped(printer: Printer, service: &str, inputs: &ServiceInputs) {
-    use std::io::Write;
-    let mut err = printer.errors();
-    for s in &inputs.skipped {
-        let _ = writeln!(
-            err,
-            "warning: service `{service}`: skipping {} `{}` (special files are not sent to BuildKit)",
-            s.what, s.path
-        );
-    }
 }

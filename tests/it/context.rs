@@ -195,30 +195,47 @@ fn empty_dirs_are_kept_unless_excluded() {
 }
 
 #[test]
-fn fifo_is_skipped_with_a_warning() {
+fn special_files_are_part_of_the_context() {
+    // fsutil sends a fifo (ModeNamedPipe, no content) and a socket (socket bit cleared: an empty regular file on
+    // the daemon's side), so they are listed and hashed like any entry.
     let t = Tree::new().app().file("app/a", "").fifo("app/pipe");
+    let _listener = std::os::unix::net::UnixListener::bind(t.join("app/sock")).unwrap();
     insta::assert_snapshot!(t.list("app"), @r"
     Dockerfile
     a
+    pipe
+    sock
     ");
     let out = t.cmd().args(["hash", "app"]).output().unwrap();
     assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("warning: service `app`: skipping fifo `pipe`"),
-        "{stderr}"
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    // The fifo is hashed: removing it changes the digest.
+    let before = t.digest("app");
+    std::fs::remove_file(t.join("app/pipe")).unwrap();
+    assert_ne!(before, t.digest("app"));
 }
 
 #[test]
-fn non_utf8_names_are_listed_as_raw_bytes() {
+fn names_that_need_it_are_listed_quoted() {
     use std::os::unix::ffi::OsStrExt;
-    let t = Tree::new().app();
-    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
-    std::fs::write(t.join("app").join(name), "x").unwrap();
+    let t = Tree::new().app().file("app/café \\\"q\".txt", "");
+    for name in [&b"caf\xe9.txt"[..], b"new\nline", b"tab\there"] {
+        std::fs::write(t.join("app").join(std::ffi::OsStr::from_bytes(name)), "x").unwrap();
+    }
     let out = t.cmd().args(["hash", "--list", "app"]).output().unwrap();
     assert!(out.status.success());
-    assert_eq!(out.stdout, b"Dockerfile\ncaf\xe9.txt\n");
+    // Valid UTF-8 stays raw; a control byte, `"`, `\` or invalid UTF-8 makes the line a quoted string.
+    insta::assert_snapshot!(String::from_utf8(out.stdout).unwrap(), @r#"
+    Dockerfile
+    "café \\\"q\".txt"
+    "caf\xe9.txt"
+    "new\nline"
+    "tab\there"
+    "#);
 }
 
 #[test]
