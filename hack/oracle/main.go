@@ -130,11 +130,17 @@ func metadataCheck(patterns []string) error {
 // readFromCopy replicates what the sender would transfer of dir for these followpaths into a temporary directory,
 // then reads file from it as the frontend's ReadFile does. ok is false when that read fails.
 func readFromCopy(dir string, followpaths []string, file string) (content []byte, ok bool, err error) {
-	tmp, err := os.MkdirTemp("", "oracle-copy-")
+	base, err := os.MkdirTemp("", "oracle-copy-")
 	if err != nil {
 		return nil, false, err
 	}
-	defer os.RemoveAll(tmp)
+	defer os.RemoveAll(base)
+	// The copy sits deep below directories holding nothing else, so that a symlink whose `..` leaves the copy
+	// (which the kernel follows during RootPath's lstat calls) finds nothing there, as it would on the daemon.
+	tmp := filepath.Join(base, "fence", "fence", "fence", "fence", "fence", "fence", "fence", "fence", "copy")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return nil, false, err
+	}
 	src, err := fsutil.NewFS(dir)
 	if err != nil {
 		return nil, false, err
