@@ -170,7 +170,7 @@ fn read_symlink(
     if wildcard && contains_wildcards(base) {
         let dir = dir_of(p);
         let abs = root.join(std::ffi::OsStr::from_bytes(&dir));
-        let mut names = match std::fs::symlink_metadata(&abs) {
+        let mut names = match fs_err::symlink_metadata(&abs) {
             Ok(m) if m.is_dir() => match fs_err::read_dir(&abs) {
                 Ok(rd) => rd
                     .map(|e| e.map(|e| e.file_name().into_vec()))
@@ -195,7 +195,7 @@ fn read_symlink(
         return Ok(None);
     }
     let abs = root.join(std::ffi::OsStr::from_bytes(p));
-    let meta = match std::fs::symlink_metadata(&abs) {
+    let meta = match fs_err::symlink_metadata(&abs) {
         Ok(m) => m,
         Err(e)
             if matches!(
@@ -389,6 +389,31 @@ fn resolve_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn follow_links_resolves_symlinks_and_wildcards_like_fsutil() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("a2"), "").unwrap();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::os::unix::fs::symlink("d/../target", root.join("a1")).unwrap();
+        std::os::unix::fs::symlink("/d/x", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        let paths = |ps: &[&str]| ps.iter().map(|p| p.as_bytes().to_vec()).collect::<Vec<_>>();
+        // `a?` matches the symlink a1 (whose target is taken lexically and rooted) and the file a2 (no target).
+        assert_eq!(
+            follow_links(root, &paths(&["a?"])).unwrap(),
+            Some(paths(&["a?", "target"]))
+        );
+        // Absolute targets are relative to the root; a loop ends; a path under a kept one is dropped.
+        assert_eq!(
+            follow_links(root, &paths(&["abs", "loop", "d/x/y"])).unwrap(),
+            Some(paths(&["abs", "d/x", "loop"]))
+        );
+        // A link to the root means no filter at all.
+        std::os::unix::fs::symlink("..", root.join("up")).unwrap();
+        assert_eq!(follow_links(root, &paths(&["up"])).unwrap(), None);
+    }
 
     #[test]
     fn root_path_follows_links_inside_the_root() {

@@ -273,7 +273,7 @@ impl Gen {
     }
 
     fn fill(&mut self, root: &Path, rel: &[u8], depth: usize) {
-        let n = self.rng.usize(0..if depth == 0 { 7 } else { 5 });
+        let n = self.rng.usize(0..if depth == 0 { 9 } else { 6 });
         for _ in 0..n {
             let name = self.name();
             let child = if rel.is_empty() {
@@ -380,7 +380,7 @@ impl Gen {
     fn ignore_content(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         let crlf = self.chance(20);
-        let lines = self.rng.usize(0..9);
+        let lines = self.rng.usize(0..12);
         for i in 0..lines {
             if self.chance(10) {
                 out.extend_from_slice(b"\xef\xbb\xbf");
@@ -413,12 +413,25 @@ impl Gen {
             3 => p.extend_from_slice(b"! "),
             _ => {}
         }
-        let segments = self.rng.usize(1..4);
+        // Often a whole path of the tree, so that patterns match (and exceptions re-include) real entries.
+        let whole: Vec<Vec<u8>> = if !self.paths.is_empty() && self.chance(40) {
+            let path = self.pick(&self.paths.clone()).clone();
+            path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect()
+        } else {
+            Vec::new()
+        };
+        let segments = if whole.is_empty() {
+            self.rng.usize(1..4)
+        } else {
+            whole.len()
+        };
         for s in 0..segments {
             if s > 0 {
                 p.push(b'/');
             }
-            let base = if !self.paths.is_empty() && self.chance(60) {
+            let base = if let Some(seg) = whole.get(s) {
+                seg.clone()
+            } else if !self.paths.is_empty() && self.chance(60) {
                 let path = self.pick(&self.paths.clone()).clone();
                 path.rsplit(|&b| b == b'/').next().unwrap_or(b"x").to_vec()
             } else {
