@@ -5,6 +5,13 @@
 //
 // Usage: oracle CONTEXT DOCKERFILE
 //
+//	oracle match < CASES
+//
+// The second form checks single patterns: each input line is a hex-encoded pattern followed by hex-encoded paths
+// (space-separated); each output line has one character per path, from patternmatcher.New([pattern]) and
+// MatchesOrParentMatches(path): `1` match, `0` no match, `E` a matching error, or the single character `N` when New
+// rejects the pattern.
+//
 // What it mirrors, step by step (BuildKit frontend/dockerui/config.go, the same in v0.13 and today):
 //
 //  1. The Dockerfile's directory is transferred as local `dockerfile` with followpaths [NAME, NAME.dockerignore]
@@ -29,8 +36,10 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/hex"
 	"fmt"
 	"io"
 	gofs "io/fs"
@@ -41,6 +50,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/containerd/continuity/fs"
+	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
 	"github.com/tonistiigi/fsutil"
 	"github.com/tonistiigi/fsutil/types"
@@ -54,6 +64,13 @@ type refused struct{ msg string }
 func (r refused) Error() string { return r.msg }
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "match" {
+		if err := matchCases(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "oracle: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) != 3 {
 		fmt.Fprintln(os.Stderr, "usage: oracle CONTEXT DOCKERFILE")
 		os.Exit(1)
@@ -278,4 +295,49 @@ func quote(s string) string {
 
 func oneLine(s string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(s, "\n", `\n`), "\r", `\r`)
+}
+
+// matchCases answers the `match` form (see the package doc).
+func matchCases(in io.Reader, out io.Writer) error {
+	r := bufio.NewReader(in)
+	w := bufio.NewWriter(out)
+	defer w.Flush()
+	for {
+		line, err := r.ReadString('\n')
+		if err == io.EOF && line == "" {
+			return nil
+		}
+		if err != nil && err != io.EOF {
+			return err
+		}
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			return fmt.Errorf("empty case")
+		}
+		pattern, err := hex.DecodeString(fields[0])
+		if err != nil {
+			return err
+		}
+		if _, err := patternmatcher.New([]string{string(pattern)}); err != nil {
+			w.WriteString("N\n")
+			continue
+		}
+		for _, f := range fields[1:] {
+			path, err := hex.DecodeString(f)
+			if err != nil {
+				return err
+			}
+			// A fresh matcher per path: after a failed compile, patternmatcher would dereference a nil regexp.
+			pm, _ := patternmatcher.New([]string{string(pattern)})
+			switch m, err := pm.MatchesOrParentMatches(string(path)); {
+			case err != nil:
+				w.WriteByte('E')
+			case m:
+				w.WriteByte('1')
+			default:
+				w.WriteByte('0')
+			}
+		}
+		w.WriteByte('\n')
+	}
 }

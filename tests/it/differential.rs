@@ -534,3 +534,110 @@ const TOKENS: &[&[u8]] = &[
     b"!",
     b" ",
 ];
+
+fn hex(b: &[u8]) -> String {
+    b.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[test]
+fn single_patterns_match_as_patternmatcher_matches() {
+    // Denser than the tree cases: many patterns, each against many paths, in one oracle process (`oracle match`).
+    use buildopt::context::PatternMatcher;
+    use std::io::Write as _;
+    let cases = env_u64("BUILDOPT_DIFF_CASES", DEFAULT_CASES) * 20;
+    let seed = env_u64("BUILDOPT_DIFF_SEED", DEFAULT_SEED);
+    let mut g = Gen {
+        rng: fastrand::Rng::with_seed(seed),
+        names: Vec::new(),
+        paths: Vec::new(),
+    };
+    let mut input = String::new();
+    let mut ours = String::new();
+    let mut shown = Vec::new();
+    for _ in 0..cases {
+        // Paths as the walk produces them: clean, relative, no `.` or `..` segments.
+        g.paths = (0..8)
+            .map(|_| {
+                let segments = g.rng.usize(1..4);
+                let names: Vec<Vec<u8>> = (0..segments).map(|_| g.name()).collect();
+                names.join(&b'/')
+            })
+            .filter(|p| !p.split(|&b| b == b'/').any(|s| s == b"." || s == b".."))
+            .collect();
+        let mut pattern = if g.chance(10) {
+            g.bytes(REALISTIC)
+        } else {
+            g.pattern()
+        };
+        // A lone exception never matches; test the pattern itself.
+        while pattern.first() == Some(&b'!') {
+            pattern.remove(0);
+        }
+        if pattern.is_empty() {
+            continue;
+        }
+        let _ = write!(input, "{}", hex(&pattern));
+        match PatternMatcher::new([&pattern]) {
+            Err(_) => ours.push('N'),
+            Ok(pm) => {
+                for path in &g.paths {
+                    ours.push(match pm.matches_or_parent_matches(path) {
+                        Ok(true) => '1',
+                        Ok(false) => '0',
+                        Err(_) => 'E',
+                    });
+                }
+            }
+        }
+        if ours.ends_with('N') {
+            input.push('\n');
+        } else {
+            for path in &g.paths {
+                let _ = write!(input, " {}", hex(path));
+            }
+            input.push('\n');
+        }
+        ours.push('\n');
+        shown.push((pattern, g.paths.clone()));
+    }
+    let mut child = Command::new(oracle())
+        .arg("match")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("oracle runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("oracle output");
+    writer.join().expect("writer").expect("write cases");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = String::from_utf8(out.stdout).expect("ASCII");
+    let mut differ = Vec::new();
+    for ((o, t), (pattern, paths)) in ours.lines().zip(theirs.lines()).zip(&shown) {
+        if o != t {
+            differ.push(format!(
+                "pattern {:?}: buildopt {o}, patternmatcher {t} for paths {:?}",
+                pattern.escape_ascii().to_string(),
+                paths
+                    .iter()
+                    .map(|p| p.escape_ascii().to_string())
+                    .collect::<Vec<_>>()
+            ));
+        }
+    }
+    assert_eq!(ours.lines().count(), theirs.lines().count());
+    assert!(
+        differ.is_empty(),
+        "{} of {} patterns differ (seed {seed}):\n{}",
+        differ.len(),
+        shown.len(),
+        differ[..differ.len().min(10)].join("\n")
+    );
+}
