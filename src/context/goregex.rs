@@ -13,10 +13,12 @@
 //! Matching is on `&str`: callers decode a path Go's way first (see [`super::gostr::go_decode`]), where every byte
 //! of invalid UTF-8 is one U+FFFD, as Go's regexp sees it.
 //!
-//! Known residue: Unicode tables (`\p{..}`, case folding) come from `regex_syntax` (Unicode 16.0) while Go 1.24 has
-//! Unicode 15.0; they differ only on code points assigned in 16.0. Go's size limit is checked on the unfactored
-//! tree (Go factors common prefixes out of alternations first), which only matters for expressions near 3.3
-//! million instructions.
+//! Known residue: `\p{..}` uses Go's own tables (embedded), but case folding under `(?i)` uses `regex_syntax`'s
+//! (Unicode 16.0, Go 1.24 has 15.0); `(?i)` cannot come from a pattern, whose `(` is always escaped. Go's size limit
+//! is checked on the unfactored tree (Go factors common prefixes out of alternations first), which only matters
+//! for expressions near 3.3 million instructions.
+
+use std::sync::OnceLock;
 
 use regex_automata::meta;
 use regex_syntax::hir::{Class, ClassUnicode, ClassUnicodeRange, Hir, Look, Repetition};
@@ -192,209 +194,42 @@ fn posix_group(name: &str) -> Option<(bool, &'static [(u32, u32)])> {
     Some((positive, class))
 }
 
-/// Go 1.24's `unicode.Categories` keys.
-const GO_CATEGORIES: &[&str] = &[
-    "C", "Cc", "Cf", "Co", "Cs", "L", "Ll", "Lm", "Lo", "Lt", "Lu", "M", "Mc", "Me", "Mn", "N",
-    "Nd", "Nl", "No", "P", "Pc", "Pd", "Pe", "Pf", "Pi", "Po", "Ps", "S", "Sc", "Sk", "Sm", "So",
-    "Z", "Zl", "Zp", "Zs",
-];
+/// Go's `unicode.Categories` and `unicode.Scripts` (Unicode 15.0 in Go 1.24), as `oracle tables` prints them:
+/// `Name lo-hi lo-hi ...` in hex. Embedded rather than taken from `regex_syntax` (Unicode 16.0), whose tables
+/// differ for 30 of these names.
+const GO_UNICODE: &str = include_str!("go_unicode.txt");
 
-/// Go 1.24's `unicode.Scripts` keys (Unicode 15.0).
-const GO_SCRIPTS: &[&str] = &[
-    "Adlam",
-    "Ahom",
-    "Anatolian_Hieroglyphs",
-    "Arabic",
-    "Armenian",
-    "Avestan",
-    "Balinese",
-    "Bamum",
-    "Bassa_Vah",
-    "Batak",
-    "Bengali",
-    "Bhaiksuki",
-    "Bopomofo",
-    "Brahmi",
-    "Braille",
-    "Buginese",
-    "Buhid",
-    "Canadian_Aboriginal",
-    "Carian",
-    "Caucasian_Albanian",
-    "Chakma",
-    "Cham",
-    "Cherokee",
-    "Chorasmian",
-    "Common",
-    "Coptic",
-    "Cuneiform",
-    "Cypriot",
-    "Cypro_Minoan",
-    "Cyrillic",
-    "Deseret",
-    "Devanagari",
-    "Dives_Akuru",
-    "Dogra",
-    "Duployan",
-    "Egyptian_Hieroglyphs",
-    "Elbasan",
-    "Elymaic",
-    "Ethiopic",
-    "Georgian",
-    "Glagolitic",
-    "Gothic",
-    "Grantha",
-    "Greek",
-    "Gujarati",
-    "Gunjala_Gondi",
-    "Gurmukhi",
-    "Han",
-    "Hangul",
-    "Hanifi_Rohingya",
-    "Hanunoo",
-    "Hatran",
-    "Hebrew",
-    "Hiragana",
-    "Imperial_Aramaic",
-    "Inherited",
-    "Inscriptional_Pahlavi",
-    "Inscriptional_Parthian",
-    "Javanese",
-    "Kaithi",
-    "Kannada",
-    "Katakana",
-    "Kawi",
-    "Kayah_Li",
-    "Kharoshthi",
-    "Khitan_Small_Script",
-    "Khmer",
-    "Khojki",
-    "Khudawadi",
-    "Lao",
-    "Latin",
-    "Lepcha",
-    "Limbu",
-    "Linear_A",
-    "Linear_B",
-    "Lisu",
-    "Lycian",
-    "Lydian",
-    "Mahajani",
-    "Makasar",
-    "Malayalam",
-    "Mandaic",
-    "Manichaean",
-    "Marchen",
-    "Masaram_Gondi",
-    "Medefaidrin",
-    "Meetei_Mayek",
-    "Mende_Kikakui",
-    "Meroitic_Cursive",
-    "Meroitic_Hieroglyphs",
-    "Miao",
-    "Modi",
-    "Mongolian",
-    "Mro",
-    "Multani",
-    "Myanmar",
-    "Nabataean",
-    "Nag_Mundari",
-    "Nandinagari",
-    "New_Tai_Lue",
-    "Newa",
-    "Nko",
-    "Nushu",
-    "Nyiakeng_Puachue_Hmong",
-    "Ogham",
-    "Ol_Chiki",
-    "Old_Hungarian",
-    "Old_Italic",
-    "Old_North_Arabian",
-    "Old_Permic",
-    "Old_Persian",
-    "Old_Sogdian",
-    "Old_South_Arabian",
-    "Old_Turkic",
-    "Old_Uyghur",
-    "Oriya",
-    "Osage",
-    "Osmanya",
-    "Pahawh_Hmong",
-    "Palmyrene",
-    "Pau_Cin_Hau",
-    "Phags_Pa",
-    "Phoenician",
-    "Psalter_Pahlavi",
-    "Rejang",
-    "Runic",
-    "Samaritan",
-    "Saurashtra",
-    "Sharada",
-    "Shavian",
-    "Siddham",
-    "SignWriting",
-    "Sinhala",
-    "Sogdian",
-    "Sora_Sompeng",
-    "Soyombo",
-    "Sundanese",
-    "Syloti_Nagri",
-    "Syriac",
-    "Tagalog",
-    "Tagbanwa",
-    "Tai_Le",
-    "Tai_Tham",
-    "Tai_Viet",
-    "Takri",
-    "Tamil",
-    "Tangsa",
-    "Tangut",
-    "Telugu",
-    "Thaana",
-    "Thai",
-    "Tibetan",
-    "Tifinagh",
-    "Tirhuta",
-    "Toto",
-    "Ugaritic",
-    "Vai",
-    "Vithkuqi",
-    "Wancho",
-    "Warang_Citi",
-    "Yezidi",
-    "Yi",
-    "Zanabazar_Square",
-];
+fn go_tables() -> &'static std::collections::HashMap<&'static str, Vec<(u32, u32)>> {
+    static TABLES: OnceLock<std::collections::HashMap<&'static str, Vec<(u32, u32)>>> =
+        OnceLock::new();
+    TABLES.get_or_init(|| {
+        GO_UNICODE
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|line| {
+                let mut fields = line.split(' ');
+                let name = fields.next()?;
+                let ranges = fields
+                    .filter_map(|r| {
+                        let (lo, hi) = r.split_once('-')?;
+                        Some((
+                            u32::from_str_radix(lo, 16).ok()?,
+                            u32::from_str_radix(hi, 16).ok()?,
+                        ))
+                    })
+                    .collect();
+                Some((name, ranges))
+            })
+            .collect()
+    })
+}
 
 /// The table Go's `unicodeTable` finds for `name` (names are case-sensitive in Go), as a Rust class.
 fn unicode_table(name: &str) -> Option<ClassUnicode> {
-    let property = if name == "Any" {
+    if name == "Any" {
         return Some(class_of(&[(0, MAX_RUNE)]));
-    } else if name == "C" {
-        // Go's C is Cc|Cf|Co|Cs: it has no table of unassigned code points (Cn), which Unicode's C includes.
-        return ["Cc", "Cf", "Co", "Cs"]
-            .iter()
-            .map(|c| unicode_table(c))
-            .try_fold(ClassUnicode::empty(), |mut acc, c| {
-                acc.union(&c?);
-                Some(acc)
-            });
-    } else if GO_CATEGORIES.contains(&name) {
-        format!(r"\p{{gc={name}}}")
-    } else if GO_SCRIPTS.contains(&name) {
-        // Script, not Script_Extensions (which a bare `\p{Greek}` means in Rust).
-        format!(r"\p{{sc={name}}}")
-    } else {
-        return None;
-    };
-    match regex_syntax::Parser::new()
-        .parse(&property)
-        .ok()?
-        .into_kind()
-    {
-        regex_syntax::hir::HirKind::Class(Class::Unicode(c)) => Some(c),
-        _ => None,
     }
+    go_tables().get(name).map(|ranges| class_of(ranges))
 }
 
 impl<'a> Parser<'a> {
@@ -1041,6 +876,13 @@ mod tests {
         assert!(bad(r"\é"));
         assert!(m(r"^\p{L}\pN\p{^L}$", "é1-"));
         assert!(m(r"^\p{Greek}$", "α"));
+        // Single-code-point and surrogate-only tables exist too.
+        assert!(m(r"^\p{Zl}$", "\u{2028}"));
+        assert!(!m(r"^\p{Cs}$", "\u{fffd}"));
+        assert!(m(r"^\p{C}$", "\u{1}"));
+        // Unicode 15.0: U+1E030 (Unicode 15) is Lm, U+1C89 (assigned in 16.0) is not a letter yet.
+        assert!(m(r"^\pL$", "\u{1e030}"));
+        assert!(!m(r"^\pL$", "\u{1c89}"));
         assert!(bad(r"\p{greek}"));
         assert!(bad(r"\p{Alphabetic}"));
         assert!(m(r"^a\bb|^a\b-$", "a-"));

@@ -518,6 +518,9 @@ const TOKENS: &[&[u8]] = &[
     b"\\p{L}",
     b"\\pN",
     b"\\p{Greek}",
+    b"\\p{Zl}",
+    b"\\P{Cs}",
+    b"\\p{greek}",
     b"\\u0041",
     b"\\x41",
     b"\\0",
@@ -639,5 +642,23 @@ fn single_patterns_match_as_patternmatcher_matches() {
         differ.len(),
         shown.len(),
         differ[..differ.len().min(10)].join("\n")
+    );
+}
+
+#[test]
+fn embedded_unicode_tables_are_go_s() {
+    // `\p{..}` in a pattern uses Go's tables, embedded in buildopt; the oracle prints them from the Go it is built
+    // with. A Go upgrade that changes them shows up here (regenerate with `target/go-oracle/oracle tables`).
+    let out = Command::new(oracle())
+        .arg("tables")
+        .output()
+        .expect("oracle runs");
+    assert!(out.status.success());
+    let embedded =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/context/go_unicode.txt"))
+            .expect("embedded tables");
+    assert!(
+        out.stdout == embedded,
+        "src/context/go_unicode.txt differs from `oracle tables`: regenerate it with `target/go-oracle/oracle tables > src/context/go_unicode.txt`"
     );
 }
