@@ -110,13 +110,17 @@ pub fn compare(oracle: &Path, tree: &Tree, dockerfile: &Path) -> Result<(), Stri
     }
     let mut r = String::from("tree:\n");
     describe(&tree.join("app"), Path::new(""), &mut r);
-    for ignore in [
-        "app/.dockerignore",
-        "app/Dockerfile.dockerignore",
-        "docker/app.Dockerfile.dockerignore",
-    ] {
+    let _ = writeln!(r, "Dockerfile: {}", dockerfile.display());
+    let mut specific = dockerfile.as_os_str().to_owned();
+    specific.push(".dockerignore");
+    for ignore in [Path::new("app/.dockerignore"), Path::new(&specific)] {
         if let Ok(bytes) = std::fs::read(tree.join(ignore)) {
-            let _ = writeln!(r, "{ignore} bytes: {:?}", bytes.escape_ascii().to_string());
+            let _ = writeln!(
+                r,
+                "{} bytes: {:?}",
+                ignore.display(),
+                bytes.escape_ascii().to_string()
+            );
         }
     }
     let _ = writeln!(
@@ -252,23 +256,39 @@ impl Gen {
     /// The workspace: buildopt.toml, the context `app/` with a Dockerfile, a random tree, ignore files. Returns
     /// the tree and the Dockerfile's path relative to it.
     fn workspace(&mut self) -> (Tree, PathBuf) {
-        let separate = self.chance(20);
-        let (toml, dockerfile) = if separate {
-            (
-                "[services.app]\ncontext = \"app\"\ndockerfile = \"docker/app.Dockerfile\"\n",
-                "docker/app.Dockerfile",
-            )
+        // Beside the context, the Dockerfile may have any name, glob characters included: fsutil's followpaths
+        // resolution then treats `<name>.dockerignore` as a pattern.
+        let dockerfile = if self.chance(20) {
+            let name = self.bytes(&[
+                b"app.Dockerfile",
+                b"Dockerfile",
+                b"a*.Dockerfile",
+                b"[ab].Dockerfile",
+                b"q?",
+            ]);
+            format!("docker/{}", String::from_utf8_lossy(&name))
         } else {
-            ("[services.app]\ncontext = \"app\"\n", "app/Dockerfile")
+            "app/Dockerfile".to_owned()
         };
+        let toml = format!("[services.app]\ncontext = \"app\"\ndockerfile = \"{dockerfile}\"\n");
         let tree = Tree::new()
             .file("buildopt.toml", toml)
-            .file(dockerfile, "FROM scratch\nCOPY . /\n")
+            .file(&dockerfile, "FROM scratch\nCOPY . /\n")
             .file("outside.ignore", "Dockerfile\n")
             .dir("app");
+        if dockerfile.starts_with("docker/") && self.chance(50) {
+            // Names the globs match, so that the pattern reading of `<name>.dockerignore` makes a difference.
+            for sibling in [
+                "ab.Dockerfile.dockerignore",
+                "a.Dockerfile.dockerignore",
+                "qq.dockerignore",
+            ] {
+                let _ = std::fs::write(tree.join("docker").join(sibling), "a\nb\n");
+            }
+        }
         let app = tree.join("app");
         self.fill(&app, &[], 0);
-        self.ignore_files(&tree, separate);
+        self.ignore_files(&tree, Path::new(&dockerfile));
         (tree, PathBuf::from(dockerfile))
     }
 
@@ -335,12 +355,10 @@ impl Gen {
         }
     }
 
-    fn ignore_files(&mut self, tree: &Tree, separate: bool) {
-        let specific = if separate {
-            tree.join("docker/app.Dockerfile.dockerignore")
-        } else {
-            tree.join("app/Dockerfile.dockerignore")
-        };
+    fn ignore_files(&mut self, tree: &Tree, dockerfile: &Path) {
+        let mut specific = tree.join(dockerfile).into_os_string();
+        specific.push(".dockerignore");
+        let specific = PathBuf::from(specific);
         let default = tree.join("app/.dockerignore");
         for (path, percent) in [(default, 80), (specific, 25)] {
             if std::fs::symlink_metadata(&path).is_ok() {
