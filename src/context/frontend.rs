@@ -11,14 +11,15 @@ use std::path::Path;
 use super::gostr::{clean, glob_match};
 use super::{ContextError, ContextFilter, EntryKind, walk};
 
-/// Reads `file` (relative to `dir`) as the frontend would from a copy of `dir` sent with `followpaths`: `Ok(None)`
-/// when that read fails. `shown` names the file in errors.
+/// Reads `file` (relative to `dir`) as the frontend would from a copy of `dir` sent with `followpaths`: the bytes
+/// and the real file they come from (where `file` resolves inside `dir`), or `Ok(None)` when that read fails.
+/// `shown` names the file in errors.
 pub(super) fn read_from_copy(
     dir: &Path,
     followpaths: &[Vec<u8>],
     file: &[u8],
     shown: &Path,
-) -> Result<Option<Vec<u8>>, ContextError> {
+) -> Result<Option<(Vec<u8>, std::path::PathBuf)>, ContextError> {
     let refused = |reason: String| ContextError::IgnoreTransfer {
         path: shown.to_owned(),
         reason,
@@ -41,14 +42,12 @@ pub(super) fn read_from_copy(
     let Some(resolved) = root_path(&copy, file) else {
         return Ok(None);
     };
+    let path = dir.join(std::ffi::OsStr::from_bytes(&resolved));
     match copy.get(resolved.as_slice()) {
-        Some(EntryKind::File) => {
-            let path = dir.join(std::ffi::OsStr::from_bytes(&resolved));
-            // The sender sends a file it cannot open as an empty one.
-            Ok(Some(fs_err::read(path).unwrap_or_default()))
-        }
+        // The sender sends a file it cannot open as an empty one.
+        Some(EntryKind::File) => Ok(Some((fs_err::read(&path).unwrap_or_default(), path))),
         // The sender clears a socket's type bit; opening it fails, so the daemon gets an empty file.
-        Some(EntryKind::Socket) => Ok(Some(Vec::new())),
+        Some(EntryKind::Socket) => Ok(Some((Vec::new(), path))),
         Some(EntryKind::Fifo | EntryKind::Device { .. }) => Err(ContextError::IgnoreSpecialFile {
             path: shown.to_owned(),
         }),

@@ -234,6 +234,9 @@ pub struct DockerIgnore {
     pub patterns: Vec<Vec<u8>>,
     /// For each pattern, its 1-based line in `source`.
     pub lines: Vec<usize>,
+    /// The file whose bytes were read: `source` itself, or where it resolves inside its directory when it is a
+    /// symlink (resolved as the daemon does, which need not be what the host's kernel would do).
+    pub read_from: Option<PathBuf>,
 }
 
 impl DockerIgnore {
@@ -263,8 +266,10 @@ impl DockerIgnore {
             follow.push(b"dockerfile".to_vec());
         }
         let specific_path = dir.join(std::ffi::OsStr::from_bytes(&specific));
-        if let Some(bytes) = frontend::read_from_copy(dir, &follow, &specific, &specific_path)? {
-            return DockerIgnore::parse(specific_path, &bytes);
+        if let Some((bytes, read_from)) =
+            frontend::read_from_copy(dir, &follow, &specific, &specific_path)?
+        {
+            return DockerIgnore::parse(specific_path, read_from, &bytes);
         }
         let default_path = context.join(".dockerignore");
         let bytes = frontend::read_from_copy(
@@ -274,19 +279,26 @@ impl DockerIgnore {
             &default_path,
         )?;
         match bytes {
-            Some(bytes) if !bytes.is_empty() => DockerIgnore::parse(default_path, &bytes),
+            Some((bytes, read_from)) if !bytes.is_empty() => {
+                DockerIgnore::parse(default_path, read_from, &bytes)
+            }
             _ => Ok(DockerIgnore::default()),
         }
     }
 
     /// Parses ignore file content as the frontend does, then checks what the frontend's client would refuse:
     /// the gRPC metadata that carries the patterns, and patternmatcher's construction-time syntax check.
-    fn parse(path: PathBuf, bytes: &[u8]) -> Result<DockerIgnore, ContextError> {
+    fn parse(
+        path: PathBuf,
+        read_from: PathBuf,
+        bytes: &[u8],
+    ) -> Result<DockerIgnore, ContextError> {
         let (patterns, lines) = read_all(&path, bytes)?;
         let ignore = DockerIgnore {
             source: Some(path),
             patterns,
             lines,
+            read_from: Some(read_from),
         };
         ignore.check_metadata()?;
         ignore.filter()?;
@@ -433,23 +445,31 @@ mod tests {
 
     #[test]
     fn ignore_file_errors_name_the_line() {
-        let err =
-            DockerIgnore::parse(PathBuf::from("ctx/.dockerignore"), b"ok\n[broken\n").unwrap_err();
+        let err = DockerIgnore::parse(
+            PathBuf::from("ctx/.dockerignore"),
+            PathBuf::new(),
+            b"ok\n[broken\n",
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "ctx/.dockerignore:2: invalid pattern `[broken`: syntax error in pattern `[broken`; fix or remove that line"
         );
-        let err = DockerIgnore::parse(PathBuf::from("d"), b"!\n").unwrap_err();
+        let err = DockerIgnore::parse(PathBuf::from("d"), PathBuf::new(), b"!\n").unwrap_err();
         assert!(
             err.to_string().starts_with("d:1: invalid pattern `!`"),
             "{err}"
         );
-        let err = DockerIgnore::parse(PathBuf::from("d"), b"a\n\nx\ty*\n").unwrap_err();
+        let err =
+            DockerIgnore::parse(PathBuf::from("d"), PathBuf::new(), b"a\n\nx\ty*\n").unwrap_err();
         assert!(
             matches!(err, ContextError::IgnoreControlCharacter { line: 3, .. }),
             "{err}"
         );
         // A non-ASCII pattern makes BuildKit percent-encode every pattern, so the tab travels.
-        assert!(DockerIgnore::parse(PathBuf::from("d"), "x\ty*\né\n".as_bytes()).is_ok());
+        assert!(
+            DockerIgnore::parse(PathBuf::from("d"), PathBuf::new(), "x\ty*\né\n".as_bytes())
+                .is_ok()
+        );
     }
 }
