@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::config::Service;
-use crate::context::{ContextError, DockerIgnore, Entry, EntryKind, Skipped, walk};
+use crate::context::{ContextError, DockerIgnore, Entry, EntryKind, walk};
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
 use crate::index::Index;
@@ -64,8 +64,6 @@ pub struct ServiceInputs {
     pub params: Digest,
     /// The digests of direct dependencies, by name.
     pub deps: BTreeMap<String, Digest>,
-    /// Special files left out of the context.
-    pub skipped: Vec<Skipped>,
 }
 
 /// A length-prefixed field writer, so that no two different inputs can encode to the same bytes.
@@ -98,7 +96,7 @@ pub fn hash_service(
     index: &Index,
     own: &[PathBuf],
 ) -> Result<ServiceInputs, HashError> {
-    let (ignore, mut entries, skipped) = select_context(svc, own)?;
+    let (ignore, mut entries) = select_context(svc, own)?;
     let contents = hash_contents(&svc.context, &mut entries, index)?;
     let entry_digests: Vec<Digest> = entries
         .iter()
@@ -134,19 +132,18 @@ pub fn hash_service(
         dockerfile,
         params,
         deps: own_deps,
-        skipped,
     })
 }
 
-/// The context of `svc` as BuildKit gets it: its `.dockerignore`, the kept entries in send order, and the special
-/// files left out. `own` are buildopt's state directories, never part of a context.
+/// The context of `svc` as BuildKit gets it: its `.dockerignore` and the kept entries in send order. `own` are
+/// buildopt's state directories, never part of a context.
 pub fn select_context(
     svc: &Service,
     own: &[PathBuf],
-) -> Result<(DockerIgnore, Vec<Entry>, Vec<Skipped>), ContextError> {
+) -> Result<(DockerIgnore, Vec<Entry>), ContextError> {
     let ignore = DockerIgnore::load(&svc.context, &svc.dockerfile)?;
-    let (entries, skipped) = walk(&svc.context, &ignore.filter()?.hide_own(&svc.context, own))?;
-    Ok((ignore, entries, skipped))
+    let entries = walk(&svc.context, &ignore.filter()?.hide_own(&svc.context, own))?;
+    Ok((ignore, entries))
 }
 
 fn params_digest(svc: &Service) -> Digest {
@@ -173,24 +170,35 @@ fn params_digest(svc: &Service) -> Digest {
     f.finish()
 }
 
-/// The digest of one entry: kind, path, permission bits, and the content hash (files) or link target (symlinks).
-/// Times, owners and inode numbers are left out, so a fresh clone of the same tree hashes the same.
+/// The digest of one entry: kind, path, permission bits, and the content hash (files) or link target (symlinks) or
+/// device numbers (devices). A socket hashes as the empty regular file BuildKit receives for it. Times, owners and
+/// inode numbers are left out, so a fresh clone of the same tree hashes the same.
 pub fn entry_digest(e: &Entry, content: Option<&Digest>) -> Digest {
     let mut f = Fields::new(ENTRY_KEY);
     match &e.kind {
         EntryKind::Dir => f.bytes(b"dir"),
-        EntryKind::File => f.bytes(b"file"),
+        EntryKind::File | EntryKind::Socket => f.bytes(b"file"),
         EntryKind::Symlink(_) => f.bytes(b"symlink"),
+        EntryKind::Fifo => f.bytes(b"fifo"),
+        EntryKind::Device { char: true, .. } => f.bytes(b"char device"),
+        EntryKind::Device { char: false, .. } => f.bytes(b"block device"),
     };
     f.bytes(&e.path).u64(u64::from(e.mode));
     match &e.kind {
-        EntryKind::Dir => {}
+        EntryKind::Dir | EntryKind::Fifo => {}
         EntryKind::File => {
             f.u64(e.size);
             f.0.update(&content.expect("files have a content hash").0);
         }
+        EntryKind::Socket => {
+            f.u64(0);
+            f.0.update(blake3::hash(b"").as_bytes());
+        }
         EntryKind::Symlink(target) => {
             f.bytes(target);
+        }
+        EntryKind::Device { major, minor, .. } => {
+            f.u64(*major).u64(*minor);
         }
     }
     f.finish()
@@ -366,9 +374,10 @@ impl ServiceInputs {
             .map(|(i, e)| (e.path.as_slice(), i))
             .collect();
         let dockerfile = std::fs::canonicalize(&svc.dockerfile).ok();
+        // The file the patterns were read from, as the daemon resolves the ignore file (not the host's kernel).
         let ignore = self
             .ignore
-            .source
+            .read_from
             .as_ref()
             .and_then(|p| std::fs::canonicalize(p).ok());
         for t in transfers {
@@ -379,8 +388,10 @@ impl ServiceInputs {
                     what,
                 };
                 let content = t.sent.get(&(id as u32));
+                // A socket is sent as a file that cannot be opened, as fsutil sends it: empty by design.
                 if let Some(c) = content
                     && let Some(error) = &c.error
+                    && sent.kind != EntryKind::Socket
                 {
                     return Err(changed(format!("it could not be sent: {error}")));
                 }
@@ -499,7 +510,7 @@ mod tests {
 
     /// What the session would send now for local `context`, every file's content included.
     fn sent_now(svc: &Service) -> Transfer {
-        let (entries, _) = walk(&svc.context, &crate::context::ContextFilter::all()).unwrap();
+        let entries = walk(&svc.context, &crate::context::ContextFilter::all()).unwrap();
         let sent = entries
             .iter()
             .enumerate()

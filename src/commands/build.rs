@@ -188,7 +188,7 @@ pub(super) fn run(
     let started = Instant::now();
     let services: Vec<Service> = select(ws, &args.services)?.into_iter().cloned().collect();
     let refs: Vec<&Service> = services.iter().collect();
-    let inputs = hash_all(ws, &refs, printer)?;
+    let inputs = hash_all(ws, &refs)?;
     let network = match args.network {
         Some(n) => n,
         None => ws

@@ -5,7 +5,6 @@ use std::io::Write;
 use super::{Context as _, Error, ExitStatus, hash_all, select};
 use crate::cli::args::HashArgs;
 use crate::config::Workspace;
-use crate::context::EntryKind;
 use crate::hash::select_context;
 use crate::printer::Printer;
 
@@ -15,21 +14,18 @@ pub(super) fn run(ws: &Workspace, args: &HashArgs, printer: Printer) -> Result<E
             .into_iter()
             .find(|s| &s.name == name)
             .expect("select returns the named service");
-        let (_, entries, _) = select_context(svc, &super::own_dirs(ws))
+        let (_, entries) = select_context(svc, &super::own_dirs(ws))
             .with_context(|| format!("listing service `{name}`"))?;
         let mut out = printer.stdout();
         for e in &entries {
-            out.write_all(&e.path)?;
-            if e.kind == EntryKind::Dir {
-                out.write_all(b"/")?;
-            }
+            out.write_all(&e.list_line())?;
             out.write_all(b"\n")?;
         }
         out.flush()?;
         return Ok(ExitStatus::Success);
     }
     let services = select(ws, &args.services)?;
-    let inputs = hash_all(ws, &services, printer)?;
+    let inputs = hash_all(ws, &services)?;
     let mut out = printer.stdout();
     for (svc, inp) in services.iter().zip(&inputs) {
         if args.services.is_empty() || args.services.contains(&svc.name) {

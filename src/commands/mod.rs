@@ -198,11 +198,7 @@ fn select<'a>(ws: &'a Workspace, names: &[String]) -> Result<Vec<&'a Service>, E
 }
 
 /// Hashes `services` (dependencies first) with the workspace's content index, saving the index afterwards.
-fn hash_all(
-    ws: &Workspace,
-    services: &[&Service],
-    printer: Printer,
-) -> Result<Vec<ServiceInputs>, Error> {
+fn hash_all(ws: &Workspace, services: &[&Service]) -> Result<Vec<ServiceInputs>, Error> {
     let own = own_dirs(ws);
     let index = Index::open(&own[0]);
     if let IndexStatus::Discarded(why) = index.status() {
@@ -213,7 +209,6 @@ fn hash_all(
     for svc in services {
         let inputs = hash_service(svc, &digests, &index, &own)
             .with_context(|| format!("hashing service `{}`", svc.name))?;
-        warn_skipped(printer, &svc.name, &inputs);
         digests.insert(svc.name.clone(), inputs.digest);
         out.push(inputs);
     }
@@ -303,16 +298,4 @@ async fn registry_setup(
         keychain,
         verifier: Verifier::new(client),
     })
-}
-
-fn warn_skipped(printer: Printer, service: &str, inputs: &ServiceInputs) {
-    use std::io::Write;
-    let mut err = printer.errors();
-    for s in &inputs.skipped {
-        let _ = writeln!(
-            err,
-            "warning: service `{service}`: skipping {} `{}` (special files are not sent to BuildKit)",
-            s.what, s.path
-        );
-    }
 }

@@ -7,7 +7,7 @@
 //! along the current path that an entry predicate cannot carry.
 
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::pattern::MatchInfo;
@@ -22,6 +22,20 @@ pub enum EntryKind {
     File,
     /// A symbolic link, with its target exactly as `readlink` returns it. Never followed.
     Symlink(Vec<u8>),
+    /// A named pipe. fsutil sends it with `ModeNamedPipe` and no content.
+    Fifo,
+    /// A Unix socket. fsutil clears the socket bit, so it goes out as a regular file whose open fails: the
+    /// receiver gets an empty file.
+    Socket,
+    /// A block or character device, with the device numbers fsutil computes from `st_rdev`. No content.
+    Device {
+        /// A character device (Go `ModeCharDevice`), else a block device.
+        char: bool,
+        /// `(rdev >> 8) & 0xfff`, as fsutil's `major`.
+        major: u64,
+        /// `(rdev & 0xff) | ((rdev >> 12) & 0xfff00)`, as fsutil's `minor`.
+        minor: u64,
+    },
 }
 
 /// One entry of a context.
@@ -29,11 +43,11 @@ pub enum EntryKind {
 pub struct Entry {
     /// Path relative to the context root, `/`-separated, as raw bytes (names need not be UTF-8).
     pub path: Vec<u8>,
-    /// File, directory or symlink.
+    /// What it is.
     pub kind: EntryKind,
     /// Permission and special bits (`st_mode & 0o7777`).
     pub mode: u32,
-    /// Size in bytes (files), target length (symlinks), 0 (directories).
+    /// `st_size`: bytes (files), target length (symlinks), 0 (directories); what fsutil sends.
     pub size: u64,
     /// Modification time, nanoseconds since the epoch.
     pub mtime_ns: i64,
@@ -55,19 +69,20 @@ impl Entry {
         s
     }
 
+    /// The line `hash --list` prints: the path (a directory's with a trailing `/`), quoted when it holds a control
+    /// byte, `"`, `\\` or invalid UTF-8 (see [`super::quote_path`]).
+    pub fn list_line(&self) -> Vec<u8> {
+        let mut p = self.path.clone();
+        if self.kind == EntryKind::Dir {
+            p.push(b'/');
+        }
+        super::quote_path(&p)
+    }
+
     /// Absolute path of this entry under `root`.
     pub fn abs_path(&self, root: &Path) -> PathBuf {
         root.join(std::ffi::OsStr::from_bytes(&self.path))
     }
-}
-
-/// An entry that exists in the context but is not part of it (BuildKit could not use it either).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    /// The path relative to the context.
-    pub path: String,
-    /// `fifo`, `socket`, `block device`, `character device`.
-    pub what: &'static str,
 }
 
 struct Dir {
@@ -81,22 +96,18 @@ struct Walker<'a> {
     filter: &'a ContextFilter,
     stack: Vec<Dir>,
     out: Vec<Entry>,
-    skipped: Vec<Skipped>,
 }
 
-/// Walks `root` through `filter`, returning the kept entries in send order and the special files left out.
-pub fn walk(
-    root: &Path,
-    filter: &ContextFilter,
-) -> Result<(Vec<Entry>, Vec<Skipped>), ContextError> {
+/// Walks `root` through `filter`, returning the kept entries in send order. Fails where fsutil's walk fails,
+/// including on a pattern whose regexp does not compile when it is first evaluated.
+pub fn walk(root: &Path, filter: &ContextFilter) -> Result<Vec<Entry>, ContextError> {
     let mut w = Walker {
         filter,
         stack: Vec::new(),
         out: Vec::new(),
-        skipped: Vec::new(),
     };
     w.dir(root, &[], false)?;
-    Ok((w.out, w.skipped))
+    Ok(w.out)
 }
 
 impl Walker<'_> {
@@ -144,7 +155,9 @@ impl Walker<'_> {
 
         let mut include_info = MatchInfo::default();
         if let Some(include) = self.filter.include() {
-            let (m, info) = include.matches_using_parent_results(&path, parent.map(|d| &d.include));
+            let (m, info) = include
+                .matches_using_parent_results(&path, parent.map(|d| &d.include))
+                .map_err(|e| self.filter.pattern_failed("include", e.index, e.error))?;
             include_info = info;
             if !m {
                 if is_dir && self.filter.only_prefix_includes() {
@@ -162,7 +175,9 @@ impl Walker<'_> {
         }
         let mut exclude_info = MatchInfo::default();
         if let Some(exclude) = self.filter.exclude() {
-            let (m, info) = exclude.matches_using_parent_results(&path, parent.map(|d| &d.exclude));
+            let (m, info) = exclude
+                .matches_using_parent_results(&path, parent.map(|d| &d.exclude))
+                .map_err(|e| self.filter.pattern_failed("exclude", e.index, e.error))?;
             exclude_info = info;
             if m {
                 if is_dir && self.filter.only_prefix_exclude_exceptions() {
@@ -190,24 +205,17 @@ impl Walker<'_> {
                 source,
             })?;
             EntryKind::Symlink(target.into_os_string().into_vec())
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else if ft.is_socket() {
+            EntryKind::Socket
         } else {
-            if !skip {
-                use std::os::unix::fs::FileTypeExt;
-                let what = if ft.is_fifo() {
-                    "fifo"
-                } else if ft.is_socket() {
-                    "socket"
-                } else if ft.is_block_device() {
-                    "block device"
-                } else {
-                    "character device"
-                };
-                self.skipped.push(Skipped {
-                    path: String::from_utf8_lossy(&path).into_owned(),
-                    what,
-                });
+            let rdev = meta.rdev();
+            EntryKind::Device {
+                char: ft.is_char_device(),
+                major: (rdev >> 8) & 0xfff,
+                minor: (rdev & 0xff) | ((rdev >> 12) & 0xfff00),
             }
-            return Ok(());
         };
         let entry = Entry {
             size: match kind {
@@ -260,8 +268,8 @@ impl Walker<'_> {
 }
 
 /// fsutil's test: can a pattern (without its trailing glob) name something inside directory `dir`?
-fn dir_prefix_of(pattern: &str, dir: &[u8]) -> bool {
-    let mut p = pattern.as_bytes().to_vec();
+fn dir_prefix_of(pattern: &[u8], dir: &[u8]) -> bool {
+    let mut p = pattern.to_vec();
     p.push(b'/');
     let mut d = dir.to_vec();
     d.push(b'/');

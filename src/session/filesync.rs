@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::context::{ContextFilter, Entry, EntryKind, walk};
+use crate::context::{Entry, EntryKind, transfer_filter, walk};
 use crate::digest::Digest;
 use crate::proto::fsutil::types::{Packet, Stat, packet::PacketType};
 use crate::proto::moby::filesync::v1 as pb;
@@ -27,12 +27,16 @@ const FILE_WORKERS: usize = 16;
 mod go_mode {
     pub const DIR: u32 = 1 << 31;
     pub const SYMLINK: u32 = 1 << 27;
+    pub const DEVICE: u32 = 1 << 26;
+    pub const NAMED_PIPE: u32 = 1 << 25;
+    pub const CHAR_DEVICE: u32 = 1 << 21;
     pub const SETUID: u32 = 1 << 23;
     pub const SETGID: u32 = 1 << 22;
     pub const STICKY: u32 = 1 << 20;
 }
 
-/// The Go `FileMode` of an entry (not the Unix `st_mode`, whose type bits Go does not understand).
+/// The Go `FileMode` of an entry (not the Unix `st_mode`, whose type bits Go does not understand), as fsutil sends
+/// it: a socket's `ModeSocket` bit is cleared, so it goes out as a regular file.
 pub(crate) fn go_file_mode(e: &Entry) -> u32 {
     let mut m = e.mode & 0o777;
     if e.mode & 0o4000 != 0 {
@@ -47,7 +51,10 @@ pub(crate) fn go_file_mode(e: &Entry) -> u32 {
     match e.kind {
         EntryKind::Dir => m | go_mode::DIR,
         EntryKind::Symlink(_) => m | go_mode::SYMLINK,
-        EntryKind::File => m,
+        EntryKind::File | EntryKind::Socket => m,
+        EntryKind::Fifo => m | go_mode::NAMED_PIPE,
+        EntryKind::Device { char: false, .. } => m | go_mode::DEVICE,
+        EntryKind::Device { char: true, .. } => m | go_mode::DEVICE | go_mode::CHAR_DEVICE,
     }
 }
 
@@ -63,6 +70,14 @@ fn stat_of(e: &Entry) -> Stat {
         linkname: match &e.kind {
             EntryKind::Symlink(t) => t.clone(),
             _ => Vec::new(),
+        },
+        devmajor: match e.kind {
+            EntryKind::Device { major, .. } => i64::try_from(major).unwrap_or(i64::MAX),
+            _ => 0,
+        },
+        devminor: match e.kind {
+            EntryKind::Device { minor, .. } => i64::try_from(minor).unwrap_or(i64::MAX),
+            _ => 0,
         },
         ..Stat::default()
     }
@@ -105,26 +120,32 @@ pub(crate) struct FileSyncService {
     pub(crate) log: TransferLog,
 }
 
-/// Values of a metadata key, URL-query-decoded when `<key>-encoded` is `1`.
-fn metadata_values(md: &MetadataMap, key: &str) -> Vec<String> {
+/// Values of a metadata key, URL-query-decoded when `<key>-encoded` is `1`. Bytes, not text: a pattern may hold
+/// invalid UTF-8, which the daemon percent-encodes.
+fn metadata_values(md: &MetadataMap, key: &str) -> Vec<Vec<u8>> {
     let encoded = md
         .get(format!("{key}-encoded"))
         .is_some_and(|v| v.as_bytes() == b"1");
     md.get_all(key)
         .iter()
         .map(|v| {
-            let raw = String::from_utf8_lossy(v.as_bytes()).into_owned();
-            if encoded { query_unescape(&raw) } else { raw }
+            let raw = v.as_bytes();
+            if encoded {
+                query_unescape(raw)
+            } else {
+                raw.to_vec()
+            }
         })
         .collect()
 }
 
 /// Go's `url.QueryUnescape`: `+` is a space, `%XX` a byte.
-fn query_unescape(s: &str) -> String {
-    let spaced = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8_lossy()
-        .into_owned()
+fn query_unescape(b: &[u8]) -> Vec<u8> {
+    let spaced: Vec<u8> = b
+        .iter()
+        .map(|&c| if c == b'+' { b' ' } else { c })
+        .collect();
+    percent_encoding::percent_decode(&spaced).collect()
 }
 
 /// What one DiffCopy call sent: the entries (with the status they had when sent) and, for each file whose content
@@ -176,39 +197,44 @@ impl pb::file_sync_server::FileSync for FileSyncService {
         let name = metadata_values(md, "dir-name")
             .into_iter()
             .next()
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
             .unwrap_or_default();
         let Some(root) = self.dirs.get(&name).cloned() else {
             return Err(Status::not_found(format!(
                 "no access allowed to dir \"{name}\""
             )));
         };
-        let requested_include = metadata_values(md, "include-patterns");
+        let include = metadata_values(md, "include-patterns");
         let followpaths = metadata_values(md, "followpaths");
-        let mut include = requested_include.clone();
-        include.extend(follow_targets(&root, &followpaths));
         let exclude = metadata_values(md, "exclude-patterns");
-        tracing::debug!(dir = %name, ?followpaths, ?include, ?exclude, "DiffCopy");
-        let filter = ContextFilter::new(&include, &exclude)
+        tracing::debug!(dir = %name, ?include, ?exclude, ?followpaths, "DiffCopy");
+        let filter = transfer_filter(&root, &include, &exclude, &followpaths)
             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?
             .hide_own(&root, &self.own);
         let walk_root = root.clone();
-        let (entries, _skipped) = tokio::task::spawn_blocking(move || walk(&walk_root, &filter))
+        let entries = tokio::task::spawn_blocking(move || walk(&walk_root, &filter))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(format!("{e}")))?;
 
         let mut files: HashMap<u32, (PathBuf, u64)> = HashMap::new();
         for (id, e) in entries.iter().enumerate() {
-            if e.kind == EntryKind::File {
+            // A socket is requested like a file; opening it fails and it is sent empty, as fsutil does.
+            if matches!(e.kind, EntryKind::File | EntryKind::Socket) {
                 files.insert(id as u32, (e.abs_path(&root), e.size));
             }
         }
+        let text = |v: &[Vec<u8>]| -> Vec<String> {
+            v.iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect()
+        };
         let record = Arc::new(Mutex::new(Transfer {
             local: name,
             root,
-            followpaths,
-            include: requested_include,
-            exclude,
+            followpaths: text(&followpaths),
+            include: text(&include),
+            exclude: text(&exclude),
             entries: entries.clone(),
             sent: HashMap::new(),
         }));
@@ -233,33 +259,6 @@ impl pb::file_sync_server::FileSync for FileSyncService {
     ) -> Result<Response<Self::TarStreamStream>, Status> {
         Err(Status::unimplemented("only diffcopy is supported"))
     }
-}
-
-/// Resolves `followpaths`: each path is included, and where it is a symlink inside the root, so is its target
-/// (that covers a Dockerfile that is a symlink).
-fn follow_targets(root: &std::path::Path, paths: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    for p in paths {
-        out.push(p.clone());
-        if let Ok(target) = std::fs::read_link(root.join(p)) {
-            let target = target.to_string_lossy().into_owned();
-            let joined = if let Some(abs) = target.strip_prefix('/') {
-                abs.to_owned()
-            } else {
-                let parent = std::path::Path::new(p)
-                    .parent()
-                    .map(|d| d.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if parent.is_empty() {
-                    target
-                } else {
-                    format!("{parent}/{target}")
-                }
-            };
-            out.push(crate::context::pattern::clean(&joined));
-        }
-    }
-    out
 }
 
 async fn transfer(
@@ -450,10 +449,23 @@ mod tests {
             134218239
         );
         assert_eq!(go_file_mode(&e(EntryKind::File, 0o4755)), 8389101);
+        assert_eq!(go_file_mode(&e(EntryKind::Fifo, 0o644)), (1 << 25) | 0o644);
+        assert_eq!(go_file_mode(&e(EntryKind::Socket, 0o755)), 0o755);
+        let dev = |char| EntryKind::Device {
+            char,
+            major: 1,
+            minor: 3,
+        };
+        assert_eq!(
+            go_file_mode(&e(dev(true), 0o666)),
+            (1 << 26) | (1 << 21) | 0o666
+        );
+        assert_eq!(go_file_mode(&e(dev(false), 0o660)), (1 << 26) | 0o660);
     }
 
     #[test]
     fn unescape() {
-        assert_eq!(query_unescape("caf%C3%A9+x%2"), "café x%2");
+        assert_eq!(query_unescape(b"caf%C3%A9+x%2"), "café x%2".as_bytes());
+        assert_eq!(query_unescape(b"a%FF"), b"a\xff");
     }
 }

@@ -94,6 +94,31 @@ fn copied_context_equals_the_selection() {
 }
 
 #[test]
+fn special_files_reach_buildkit_as_fsutil_sends_them() {
+    // The daemon creates the fifo (ModeNamedPipe) and gets the socket as an empty regular file (fsutil clears the
+    // socket bit and its open fails); the image holds both, as `docker build` would give them.
+    let s = Services::get();
+    let repo = unique_repo("special");
+    let t = Tree::buildable(&repo, "FROM scratch\nCOPY . /ctx/\n")
+        .file("app/a", "x")
+        .fifo("app/pipe");
+    let _listener = std::os::unix::net::UnixListener::bind(t.join("app/sock")).unwrap();
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    let layers = layers(&s, &repo, "latest");
+    let listing = s.layer_listing(&repo, &layers[0]);
+    let line = |p: &str| {
+        listing
+            .iter()
+            .find(|l| l.ends_with(p))
+            .unwrap_or_else(|| panic!("{p} not in {listing:#?}"))
+            .clone()
+    };
+    assert!(line("ctx/pipe").starts_with('p'), "{listing:#?}");
+    assert!(line("ctx/sock").starts_with('-'), "{listing:#?}");
+}
+
+#[test]
 fn multi_stage_with_run_steps_pushes_every_tag() {
     let s = Services::get();
     let repo = unique_repo("multistage");

@@ -195,30 +195,47 @@ fn empty_dirs_are_kept_unless_excluded() {
 }
 
 #[test]
-fn fifo_is_skipped_with_a_warning() {
+fn special_files_are_part_of_the_context() {
+    // fsutil sends a fifo (ModeNamedPipe, no content) and a socket (socket bit cleared: an empty regular file on
+    // the daemon's side), so they are listed and hashed like any entry.
     let t = Tree::new().app().file("app/a", "").fifo("app/pipe");
+    let _listener = std::os::unix::net::UnixListener::bind(t.join("app/sock")).unwrap();
     insta::assert_snapshot!(t.list("app"), @r"
     Dockerfile
     a
+    pipe
+    sock
     ");
     let out = t.cmd().args(["hash", "app"]).output().unwrap();
     assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("warning: service `app`: skipping fifo `pipe`"),
-        "{stderr}"
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    // The fifo is hashed: removing it changes the digest.
+    let before = t.digest("app");
+    std::fs::remove_file(t.join("app/pipe")).unwrap();
+    assert_ne!(before, t.digest("app"));
 }
 
 #[test]
-fn non_utf8_names_are_listed_as_raw_bytes() {
+fn names_that_need_it_are_listed_quoted() {
     use std::os::unix::ffi::OsStrExt;
-    let t = Tree::new().app();
-    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
-    std::fs::write(t.join("app").join(name), "x").unwrap();
+    let t = Tree::new().app().file("app/café \\\"q\".txt", "");
+    for name in [&b"caf\xe9.txt"[..], b"new\nline", b"tab\there"] {
+        std::fs::write(t.join("app").join(std::ffi::OsStr::from_bytes(name)), "x").unwrap();
+    }
     let out = t.cmd().args(["hash", "--list", "app"]).output().unwrap();
     assert!(out.status.success());
-    assert_eq!(out.stdout, b"Dockerfile\ncaf\xe9.txt\n");
+    // Valid UTF-8 stays raw; a control byte, `"`, `\` or invalid UTF-8 makes the line a quoted string.
+    insta::assert_snapshot!(String::from_utf8(out.stdout).unwrap(), @r#"
+    Dockerfile
+    "café \\\"q\".txt"
+    "caf\xe9.txt"
+    "new\nline"
+    "tab\there"
+    "#);
 }
 
 #[test]
@@ -338,5 +355,214 @@ fn gitignore_is_not_applied_and_hidden_files_are_included() {
     build/
     build/out
     secret.env
+    ");
+}
+
+/// Both must agree on `t` (a `Tree::app()` workspace): the same list, or both refusing.
+fn assert_agrees_with_buildkit(t: &Tree) {
+    let oracle = crate::differential::oracle();
+    if let Err(report) =
+        crate::differential::compare(&oracle, t, std::path::Path::new("app/Dockerfile"))
+    {
+        panic!("differs from BuildKit's Go code:\n{report}");
+    }
+}
+
+/// `buildopt hash --list app`, checked against the Go oracle.
+fn list_checked(t: &Tree) -> String {
+    assert_agrees_with_buildkit(t);
+    t.list("app")
+}
+
+/// `buildopt hash app`, which must be refused (exit 2) as the oracle refuses; returns stderr.
+fn refused_checked(t: &Tree) -> String {
+    assert_agrees_with_buildkit(t);
+    let (code, _, stderr) = t.run(&["hash", "app"]);
+    assert_eq!(code, 2, "{stderr}");
+    stderr
+}
+
+#[test]
+fn bar_and_braces_are_regexp_syntax_once_a_pattern_has_a_wildcard() {
+    // patternmatcher only escapes `.+()$`: `a*|b` becomes the Go regexp `^a[^/]*|b$`, so it also matches any path
+    // ending in `b` (`sub`); `?x{2}` needs `xx`. Without a wildcard the pattern is compared as plain bytes.
+    let t = Tree::new()
+        .app()
+        .file("app/.dockerignore", "a*|b\n?x{2}\nplain|{1}\n")
+        .file("app/sub/job", "")
+        .file("app/zxx", "")
+        .file("app/zx{2}", "")
+        .file("app/plain|{1}", "")
+        .file("app/keep", "");
+    insta::assert_snapshot!(list_checked(&t), @r"
+    .dockerignore
+    Dockerfile
+    keep
+    zx{2}
+    ");
+}
+
+#[test]
+fn go_regexp_escapes_and_classes() {
+    // `\d` is ASCII-only in Go, `\<` a literal `<`, `[[a-c]]` a class followed by a literal `]`, `[a-]` matches `-`
+    // (filepath.Match would reject `[a-]`, but it stops checking at `x`, which cannot match ".").
+    let t = Tree::new()
+        .app()
+        .file("app/.dockerignore", "?\\d\n*\\<\n?[[a-c]]\nx*[a-]\n")
+        .file("app/x1", "")
+        .file("app/x٣", "")
+        .file("app/x<", "")
+        .file("app/xb]", "")
+        .file("app/xb", "")
+        .file("app/x-", "");
+    insta::assert_snapshot!(list_checked(&t), @r"
+    .dockerignore
+    Dockerfile
+    xb
+    x٣
+    ");
+}
+
+#[test]
+fn double_star_does_not_cross_a_newline() {
+    // `**` in the middle becomes `(.*/)?` in Go, and Go's `.` does not match `\n`: only `a/x/c` goes.
+    let t = Tree::new()
+        .app()
+        .file("app/.dockerignore", "a/**/c\n")
+        .file("app/a/x/c", "")
+        .file("app/a/x\ny/c", "");
+    insta::assert_snapshot!(list_checked(&t), @r#"
+    .dockerignore
+    Dockerfile
+    a/
+    a/x/
+    "a/x\ny/"
+    "a/x\ny/c"
+    "#);
+}
+
+#[test]
+fn invalid_utf8_is_kept_and_matched_one_byte_per_rune() {
+    // ignorefile.ReadAll keeps the bytes; Go's regexp sees each invalid byte of a name as one U+FFFD, so `?` matches
+    // one of them, and a truncated sequence is two.
+    use std::os::unix::ffi::OsStrExt;
+    let t = Tree::new()
+        .app()
+        .file("app/.dockerignore", b"caf\xe9*\nx?y\n");
+    for name in [
+        &b"caf\xe9.txt"[..],
+        b"x\xffy",
+        b"x\xe2\x82y",
+        b"caf\xc3\xa9",
+    ] {
+        std::fs::write(t.join("app").join(std::ffi::OsStr::from_bytes(name)), "").unwrap();
+    }
+    insta::assert_snapshot!(list_checked(&t), @r#"
+    .dockerignore
+    Dockerfile
+    café
+    "x\xe2\x82y"
+    "#);
+}
+
+#[test]
+fn an_invalid_regexp_fails_only_when_it_is_evaluated() {
+    // filepath.Match(p, ".") stops at the first chunk that cannot match ".", so `x*[` passes patternmatcher.New;
+    // its regexp is compiled at first use. As an exception after a pattern that never matches, it is never used.
+    let t = Tree::new()
+        .app()
+        .file("app/.dockerignore", "nothing\n!x*[\n")
+        .file("app/x", "");
+    insta::assert_snapshot!(list_checked(&t), @r"
+    .dockerignore
+    Dockerfile
+    x
+    ");
+    // As a normal pattern it is evaluated on the first entry: BuildKit's client fails the transfer.
+    std::fs::write(t.join("app/.dockerignore"), "# c\nx*[\n").unwrap();
+    let stderr = refused_checked(&t);
+    assert!(
+        stderr.contains("app/.dockerignore:2: invalid pattern `x*[`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_line_of_64_kib_is_refused() {
+    // ignorefile.ReadAll uses a bufio.Scanner: a line of 64 KiB or more fails the frontend.
+    let mut content = b"a\n".to_vec();
+    content.extend(vec![b'x'; 64 * 1024]);
+    let t = Tree::new().app().file("app/.dockerignore", &content);
+    let stderr = refused_checked(&t);
+    assert!(
+        stderr.contains("app/.dockerignore:2: line is 64 KiB or longer"),
+        "{stderr}"
+    );
+    // One byte shorter is fine.
+    std::fs::write(t.join("app/.dockerignore"), &content[..content.len() - 1]).unwrap();
+    list_checked(&t);
+}
+
+#[test]
+fn control_characters_are_refused_unless_the_patterns_get_encoded() {
+    // The daemon sends the patterns as gRPC metadata, raw when all are ASCII, and grpc-go refuses a control byte:
+    // dockerd 26 fails with `header key "exclude-patterns" contains value with non-printable ASCII characters`.
+    // With one non-ASCII pattern BuildKit percent-encodes them all, and the tab travels.
+    let t = Tree::new()
+        .app()
+        .file("app/.dockerignore", "ok\nx\ty*\n")
+        .file("app/x\tyz", "");
+    let stderr = refused_checked(&t);
+    assert!(
+        stderr.contains("app/.dockerignore:2: pattern `x\\ty*` holds a control character"),
+        "{stderr}"
+    );
+    std::fs::write(t.join("app/.dockerignore"), "é\nx\ty*\n").unwrap();
+    insta::assert_snapshot!(list_checked(&t), @r"
+    .dockerignore
+    Dockerfile
+    ");
+}
+
+#[test]
+fn an_ignore_file_that_cannot_be_read_means_no_patterns() {
+    // The frontend ignores every error reading `.dockerignore` from its copy: a directory, a symlink loop, or a
+    // symlink whose target (taken relative to the context root) was not sent.
+    for setup in ["dir", "loop", "outside"] {
+        let t = Tree::new().app().file("app/a", "").file("outside", "a\n");
+        match setup {
+            "dir" => std::fs::create_dir(t.join("app/.dockerignore")).unwrap(),
+            "loop" => {
+                std::os::unix::fs::symlink(".dockerignore", t.join("app/.dockerignore")).unwrap()
+            }
+            _ => std::os::unix::fs::symlink("../outside", t.join("app/.dockerignore")).unwrap(),
+        }
+        let listed = list_checked(&t);
+        assert!(listed.contains("\na\n"), "{setup}: {listed}");
+    }
+    // `../x` from the context root is `/x`, i.e. `x` in the context: that file is the ignore file.
+    let t = Tree::new()
+        .app()
+        .file("app/x", "x\n")
+        .symlink("app/.dockerignore", "../x");
+    insta::assert_snapshot!(list_checked(&t), @r"
+    .dockerignore
+    Dockerfile
+    ");
+}
+
+#[test]
+fn an_empty_dockerfile_specific_ignore_file_still_wins() {
+    // ReadFile of `<Dockerfile>.dockerignore` succeeds, so `.dockerignore` is never read.
+    let t = Tree::new()
+        .app()
+        .file("app/Dockerfile.dockerignore", "")
+        .file("app/.dockerignore", "a\n")
+        .file("app/a", "");
+    insta::assert_snapshot!(list_checked(&t), @r"
+    .dockerignore
+    Dockerfile
+    Dockerfile.dockerignore
+    a
     ");
 }

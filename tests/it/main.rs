@@ -9,6 +9,8 @@ mod buildkit;
 mod cli;
 /// Context selection: Docker's `.dockerignore` semantics, golden entry lists.
 mod context;
+/// Context selection against BuildKit's own Go code (hack/oracle), on random trees and ignore files.
+mod differential;
 /// Input digest stability and sensitivity, and the local index.
 mod hash;
 /// The registry as the source of truth, tags, ECR via moto, bad input.
