@@ -161,9 +161,10 @@ fn registry_cache_is_an_oci_image_manifest_and_survives_a_pruned_daemon() {
     assert!(cache["layers"].as_array().is_some_and(|l| !l.is_empty()));
 
     // On an emptied daemon, a forced rebuild either gets the RUN step from the registry cache or runs it again.
+    // Returns the image and the build's output (to tell why when the step was not taken from the cache).
     let rebuild_pruned = |cache_from: &str| {
-        t.run_ok(&["prune", "--all"]);
-        t.run_ok(&[
+        let pruned = t.run_ok(&["prune", "--all"]);
+        let (code, _, err) = t.run(&[
             "--progress",
             "plain",
             "build",
@@ -171,16 +172,20 @@ fn registry_cache_is_an_oci_image_manifest_and_survives_a_pruned_daemon() {
             "--cache-from",
             cache_from,
         ]);
-        s.manifest(&repo, "latest").unwrap()
+        assert_eq!(code, 0, "{err}");
+        (
+            s.manifest(&repo, "latest").unwrap(),
+            format!("{pruned}\n{err}"),
+        )
     };
     let _exclusive = daemon_lock().write().unwrap_or_else(|p| p.into_inner());
+    let (image, log) = rebuild_pruned("registry");
     assert_eq!(
-        rebuild_pruned("registry"),
-        first,
-        "the RUN step ran again instead of coming from the registry cache"
+        image, first,
+        "the RUN step ran again instead of coming from the registry cache:\n{log}"
     );
     // Control: without the registry cache, the pruned daemon really runs the step again.
-    assert_ne!(rebuild_pruned("none"), first);
+    assert_ne!(rebuild_pruned("none").0, first);
 }
 
 #[test]
