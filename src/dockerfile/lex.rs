@@ -79,29 +79,25 @@ impl Lexer {
 
     /// `ProcessWord`: expands `word` as one word (spaces are kept).
     pub(crate) fn word(&self, word: &str, vars: &dyn Vars) -> Result<Value, LexError> {
-        let mut sw = ShellWord::new(*self, word, vars);
-        let (piece, _) = sw.process_stop_on(None, self.raw_escapes).map_err(|e| {
-            LexError(format!(
-                "failed to process \"{}\": {}",
-                go_quote_body(word),
-                e.0
-            ))
-        })?;
-        Ok(piece.into_value())
+        Ok(self.process(word, vars)?.0.into_value())
     }
 
     /// `ProcessWords`: expands `word` and splits the result into words (quoted spaces do not split). Unknown values
     /// count as empty; callers use it only where nothing can be unknown.
     pub(crate) fn words(&self, word: &str, vars: &dyn Vars) -> Result<Vec<String>, LexError> {
-        let mut sw = ShellWord::new(*self, word, vars);
-        let (_, words) = sw.process_stop_on(None, self.raw_escapes).map_err(|e| {
-            LexError(format!(
-                "failed to process \"{}\": {}",
-                go_quote_body(word),
-                e.0
-            ))
-        })?;
-        Ok(words)
+        Ok(self.process(word, vars)?.1)
+    }
+
+    fn process(&self, word: &str, vars: &dyn Vars) -> Result<(Piece, Vec<String>), LexError> {
+        ShellWord::new(*self, word, vars)
+            .process_stop_on(None, self.raw_escapes)
+            .map_err(|e| {
+                LexError(format!(
+                    "failed to process \"{}\": {}",
+                    go_quote_body(word),
+                    e.0
+                ))
+            })
     }
 }
 
@@ -122,6 +118,13 @@ impl Piece {
         Piece {
             text,
             unknown: None,
+        }
+    }
+
+    fn unknown(why: String) -> Piece {
+        Piece {
+            text: String::new(),
+            unknown: Some(why),
         }
     }
 
@@ -355,6 +358,20 @@ impl<'a> ShellWord<'a> {
         }
     }
 
+    /// The word inside `${...}` up to `stop`; running out of input is reported as `missing`.
+    fn read_until(
+        &mut self,
+        stop: char,
+        raw_escapes: bool,
+        missing: &str,
+    ) -> Result<Piece, LexError> {
+        match self.process_stop_on(Some(stop), raw_escapes) {
+            Ok((piece, _)) => Ok(piece),
+            Err(_) if self.peek().is_none() => Err(LexError(missing.to_owned())),
+            Err(e) => Err(e),
+        }
+    }
+
     fn lookup(&self, name: &str) -> Lookup {
         self.vars.lookup(name)
     }
@@ -370,10 +387,7 @@ impl<'a> ShellWord<'a> {
                 Lookup::Set(v) => Piece::known(v),
                 Lookup::Unset if self.lex.skip_unset => Piece::known(format!("${name}")),
                 Lookup::Unset => Piece::default(),
-                Lookup::Unknown(why) => Piece {
-                    text: String::new(),
-                    unknown: Some(why),
-                },
+                Lookup::Unknown(why) => Piece::unknown(why),
             };
             piece.unknown = piece.unknown.or(odd);
             return Ok(piece);
@@ -395,10 +409,7 @@ impl<'a> ShellWord<'a> {
                 Lookup::Set(v) => Piece::known(v),
                 Lookup::Unset if self.lex.skip_unset => Piece::known(format!("${{{name}}}")),
                 Lookup::Unset => Piece::default(),
-                Lookup::Unknown(why) => Piece {
-                    text: String::new(),
-                    unknown: Some(why),
-                },
+                Lookup::Unknown(why) => Piece::unknown(why),
             },
             Some(':' | '+' | '-' | '?' | '#' | '%') => {
                 if ch == Some(':') {
@@ -439,20 +450,9 @@ impl<'a> ShellWord<'a> {
                 "unsupported modifier ({chs}) in substitution"
             )));
         }
-        let (word, _) = self.process_stop_on(Some('}'), raw).map_err(|e| {
-            if self.peek().is_none() {
-                LexError("syntax error: missing '}'".to_owned())
-            } else {
-                e
-            }
-        })?;
+        let word = self.read_until('}', raw, "syntax error: missing '}'")?;
         let value = match self.lookup(name) {
-            Lookup::Unknown(why) => {
-                return Ok(Piece {
-                    text: String::new(),
-                    unknown: Some(why),
-                });
-            }
+            Lookup::Unknown(why) => return Ok(Piece::unknown(why)),
             Lookup::Unset if self.lex.skip_unset => {
                 let mut p = Piece::known(format!("${{{name}{chs}"));
                 p.push(word);
@@ -519,27 +519,10 @@ impl<'a> ShellWord<'a> {
         if all {
             self.next();
         }
-        let (pattern, _) = self.process_stop_on(Some('/'), true).map_err(|e| {
-            if self.peek().is_none() {
-                LexError("syntax error: missing '/' in ${}".to_owned())
-            } else {
-                e
-            }
-        })?;
-        let (replacement, _) = self.process_stop_on(Some('}'), true).map_err(|e| {
-            if self.peek().is_none() {
-                LexError("syntax error: missing '}'".to_owned())
-            } else {
-                e
-            }
-        })?;
+        let pattern = self.read_until('/', true, "syntax error: missing '/' in ${}")?;
+        let replacement = self.read_until('}', true, "syntax error: missing '}'")?;
         let value = match self.lookup(name) {
-            Lookup::Unknown(why) => {
-                return Ok(Piece {
-                    text: String::new(),
-                    unknown: Some(why),
-                });
-            }
+            Lookup::Unknown(why) => return Ok(Piece::unknown(why)),
             Lookup::Unset if self.lex.skip_unset => {
                 return Ok(Piece::known(format!(
                     "${{{name}/{}/{}}}",

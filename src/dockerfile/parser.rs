@@ -404,6 +404,9 @@ fn node_from_line(line: &str, escape: char) -> Result<Node, LineError> {
     Ok(node)
 }
 
+// `extract_builder_flags` and `parse_words` look alike because their Go originals do; they differ in what they
+// keep (quotes, escapes) and where they stop, and are kept apart to be compared line by line with upstream.
+
 /// `extractBuilderFlags`: the leading `--name[=value]` words, with quotes and `\` escapes processed; a lone `--`
 /// ends them.
 fn extract_builder_flags(line: &str) -> (&str, Vec<String>) {

@@ -303,7 +303,14 @@ fn run(dockerfile: &[u8], opts: &PredictOptions<'_>) -> Result<Prediction, Fallb
         todo.extend(stages[i].deps.iter().copied());
     }
 
-    let mut paths: BTreeMap<String, Vec<Reader>> = BTreeMap::new();
+    let mut dispatcher = Dispatcher {
+        stages: &stages,
+        by_name: &by_name,
+        globals: &globals,
+        opts,
+        lexer: &lexer,
+        paths: BTreeMap::new(),
+    };
     let mut envs: Vec<Option<Env>> = vec![None; stages.len()];
     for (i, stage) in stages.iter().enumerate() {
         if !reachable[i] {
@@ -326,12 +333,10 @@ fn run(dockerfile: &[u8], opts: &PredictOptions<'_>) -> Result<Prediction, Fallb
             }
             None => Env::new(Some(stage.base.clone())),
         };
-        let env = dispatch(
-            i, stage, env, &stages, &by_name, &globals, opts, &lexer, &mut paths,
-        )?;
-        envs[i] = Some(env);
+        envs[i] = Some(dispatcher.stage(i, env)?);
     }
 
+    let mut paths = dispatcher.paths;
     if let Some(readers) = paths.remove("/") {
         return Ok(Prediction::Whole(readers));
     }
@@ -612,197 +617,637 @@ fn check_cycles(stages: &[Stage]) -> Result<(), Fallback> {
     Ok(())
 }
 
-/// Runs one reachable stage's commands: its environment evolves with `ARG` and `ENV`, and context reads are
-/// recorded. Returns the final environment, which stages built on this one start from.
-#[allow(clippy::too_many_arguments)]
-fn dispatch(
-    index: usize,
-    stage: &Stage,
-    mut env: Env,
-    stages: &[Stage],
-    by_name: &HashMap<String, usize>,
-    globals: &Env,
-    opts: &PredictOptions<'_>,
-    lexer: &Lexer,
-    paths: &mut BTreeMap<String, Vec<Reader>>,
-) -> Result<Env, Fallback> {
-    for (cmd, trigger) in &stage.commands {
-        let reader = || Reader {
-            stage: stage.display.clone(),
-            instruction: match trigger {
-                Some((from, _)) => format!("{} (trigger from stage {from})", cmd.text),
-                None => cmd.text.clone(),
-            },
-            line: cmd.line,
-        };
-        match &cmd.kind {
-            Kind::Arg(pairs) => {
-                // `dispatchArg`: a build argument wins; else the default expanded in the stage's environment; else
-                // the global value. Only a value reaches the environment.
-                for (key, default) in pairs {
-                    let value = match (opts.build_args.get(key), default) {
-                        (Some(v), _) => Some(Value::Known(v.clone())),
-                        (None, Some(d)) => Some(
-                            lexer
-                                .word(d, &env)
-                                .map_err(|e| at(cmd, FallbackReason::Rejected(e.0)))?,
-                        ),
-                        (None, None) => globals.get(key).cloned().or_else(|| {
-                            VERSION_DEPENDENT_ARGS.contains(&key.as_str()).then(|| {
-                                Value::Unknown(format!(
-                                    "{key}, which BuildKit 0.2x sets and 0.13 does not"
-                                ))
-                            })
-                        }),
-                    };
-                    if let Some(value) = value
-                        && !NON_ENV_ARGS.contains(&key.as_str())
-                    {
-                        env.set(key, value);
-                    }
+/// What dispatching a stage needs besides the stage: the other stages, the global arguments and the options.
+struct Dispatcher<'a> {
+    stages: &'a [Stage],
+    by_name: &'a HashMap<String, usize>,
+    globals: &'a Env,
+    opts: &'a PredictOptions<'a>,
+    lexer: &'a Lexer,
+    /// Context paths (rooted, cleaned) and who reads them.
+    paths: BTreeMap<String, Vec<Reader>>,
+}
+
+impl Dispatcher<'_> {
+    /// Runs one reachable stage's commands: its environment evolves with `ARG` and `ENV`, and context reads are
+    /// recorded. Returns the final environment, which stages built on this one start from.
+    fn stage(&mut self, index: usize, mut env: Env) -> Result<Env, Fallback> {
+        let stage = &self.stages[index];
+        for (cmd, trigger) in &stage.commands {
+            let reader = Reader {
+                stage: stage.display.clone(),
+                instruction: match trigger {
+                    Some((from, _)) => format!("{} (trigger from stage {from})", cmd.text),
+                    None => cmd.text.clone(),
+                },
+                line: cmd.line,
+            };
+            match &cmd.kind {
+                Kind::Arg(pairs) => self.arg(cmd, pairs, &mut env)?,
+                Kind::Env(pairs) => self.env(cmd, pairs, &mut env)?,
+                Kind::Copy(c) => self.copy(index, cmd, c, &env, reader)?,
+                Kind::Run { mounts, froms } => self.run(index, cmd, mounts, froms, &env, reader)?,
+                Kind::From { .. } | Kind::Onbuild(_) | Kind::Other => {}
+            }
+        }
+        Ok(env)
+    }
+
+    fn read(&mut self, path: &str, reader: Reader) {
+        self.paths
+            .entry(clean(&format!("/{path}")))
+            .or_default()
+            .push(reader);
+    }
+
+    /// `ProcessWord` in `env`; an error is BuildKit's too.
+    fn expand(&self, cmd: &Instruction, word: &str, env: &Env) -> Result<Value, Fallback> {
+        self.lexer
+            .word(word, env)
+            .map_err(|e| at(cmd, FallbackReason::Rejected(e.0)))
+    }
+
+    /// `dispatchArg`: a build argument wins; else the default expanded in the stage's environment; else the global
+    /// value. Only a value reaches the environment.
+    fn arg(
+        &self,
+        cmd: &Instruction,
+        pairs: &[(String, Option<String>)],
+        env: &mut Env,
+    ) -> Result<(), Fallback> {
+        for (key, default) in pairs {
+            let value = match (self.opts.build_args.get(key), default) {
+                (Some(v), _) => Some(Value::Known(v.clone())),
+                (None, Some(d)) => Some(self.expand(cmd, d, env)?),
+                (None, None) => self.globals.get(key).cloned().or_else(|| {
+                    VERSION_DEPENDENT_ARGS.contains(&key.as_str()).then(|| {
+                        Value::Unknown(format!("{key}, which BuildKit 0.2x sets and 0.13 does not"))
+                    })
+                }),
+            };
+            if let Some(value) = value
+                && !NON_ENV_ARGS.contains(&key.as_str())
+            {
+                env.set(key, value);
+            }
+        }
+        Ok(())
+    }
+
+    /// `ENV`: all keys and values are expanded with the environment before this instruction, then set in order.
+    fn env(
+        &self,
+        cmd: &Instruction,
+        pairs: &[(String, String)],
+        env: &mut Env,
+    ) -> Result<(), Fallback> {
+        let mut expanded = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            expanded.push((self.expand(cmd, k, env)?, self.expand(cmd, v, env)?));
+        }
+        for (key, value) in expanded {
+            match key {
+                Value::Known(k) => env.set(&k, value),
+                Value::Unknown(why) => {
+                    env.poisoned = Some(format!(
+                        "an ENV name at line {} that depends on {why}",
+                        cmd.line
+                    ));
                 }
             }
-            Kind::Env(pairs) => {
-                // All keys and values are expanded with the environment before this instruction.
-                let mut expanded = Vec::with_capacity(pairs.len());
-                for (k, v) in pairs {
-                    let key = lexer
-                        .word(k, &env)
-                        .map_err(|e| at(cmd, FallbackReason::Rejected(e.0)))?;
-                    let value = lexer
-                        .word(v, &env)
-                        .map_err(|e| at(cmd, FallbackReason::Rejected(e.0)))?;
-                    expanded.push((key, value));
-                }
-                for (key, value) in expanded {
-                    match key {
-                        Value::Known(k) => env.set(&k, value),
-                        Value::Unknown(why) => {
-                            env.poisoned = Some(format!(
-                                "an ENV name at line {} that depends on {why}",
-                                cmd.line
-                            ));
-                        }
-                    }
-                }
+        }
+        Ok(())
+    }
+
+    /// `COPY`/`ADD`: from another stage or an image, nothing from the context; otherwise each source.
+    fn copy(
+        &mut self,
+        index: usize,
+        cmd: &Instruction,
+        c: &instructions::Copy,
+        env: &Env,
+        reader: Reader,
+    ) -> Result<(), Fallback> {
+        if let Some(from) = &c.from {
+            if let Some(src) = copy_from_stage(from, self.stages, self.by_name, self.lexer, cmd)?
+                && src >= index
+            {
+                return Err(at(
+                    cmd,
+                    FallbackReason::Rejected(format!(
+                        "cannot copy from stage \"{from}\", it needs to be defined before current stage \"{}\"",
+                        self.stages[index].display
+                    )),
+                ));
             }
-            Kind::Copy(c) => {
-                if let Some(from) = &c.from {
-                    if let Some(src) = copy_from_stage(from, stages, by_name, lexer, cmd)?
-                        && src >= index
-                    {
-                        return Err(at(
-                            cmd,
-                            FallbackReason::Rejected(format!(
-                                "cannot copy from stage \"{from}\", it needs to be defined before current stage \"{}\"",
-                                stage.display
-                            )),
-                        ));
-                    }
-                    continue;
-                }
-                for src in &c.sources {
-                    let path = match lexer.word(src, &env) {
-                        Ok(Value::Known(p)) => p,
-                        Ok(Value::Unknown(why)) => {
-                            return Err(at(
-                                cmd,
-                                FallbackReason::Unresolved(format!(
-                                    "the source `{src}` depends on {why}"
-                                )),
-                            ));
-                        }
-                        Err(e) => return Err(at(cmd, FallbackReason::Rejected(e.0))),
-                    };
-                    let http = path.starts_with("http://") || path.starts_with("https://");
-                    if c.add && http {
-                        // ADD downloads it; the frontend leaves it out of the context paths.
-                        continue;
-                    }
-                    if http {
-                        return Err(at(
-                            cmd,
-                            FallbackReason::Rejected("source can't be a URL for COPY".to_owned()),
-                        ));
-                    }
-                    if path.contains("://") || path.starts_with("git@") {
-                        return Err(at(
-                            cmd,
-                            FallbackReason::Unsupported(format!(
-                                "the remote source `{path}`, which BuildKit versions treat differently"
-                            )),
-                        ));
-                    }
-                    paths
-                        .entry(clean(&format!("/{path}")))
-                        .or_default()
-                        .push(reader());
-                }
+            return Ok(());
+        }
+        for src in &c.sources {
+            let path = known(
+                cmd,
+                self.expand(cmd, src, env)?,
+                &format!("the source `{src}`"),
+            )?;
+            let http = path.starts_with("http://") || path.starts_with("https://");
+            if c.add && http {
+                // ADD downloads it; the frontend leaves it out of the context paths.
+                continue;
             }
-            Kind::Run { mounts, froms } => {
-                for (spec, raw_from) in mounts.iter().zip(froms) {
-                    let mount =
-                        instructions::parse_mount(
-                            spec,
-                            &mut |w: &str| -> Result<Value, LexError> { lexer.word(w, &env) },
-                        )
-                        .map_err(|e| at(cmd, instr_reason(e)))?;
-                    if let Some(src) = by_name.get(&raw_from.to_lowercase())
-                        && !raw_from.is_empty()
-                        && *src >= index
-                    {
-                        return Err(at(
-                            cmd,
-                            FallbackReason::Rejected(format!(
-                                "cannot mount from stage \"{raw_from}\", stage needs to be defined before current command"
-                            )),
-                        ));
-                    }
-                    let Some(typ) = mount.typ else {
-                        let why = mount.typ_unknown.unwrap_or_default();
-                        return Err(at(
-                            cmd,
-                            FallbackReason::Unresolved(format!("a mount type depends on {why}")),
-                        ));
-                    };
-                    if matches!(typ, MountType::Secret | MountType::Ssh) {
-                        continue;
-                    }
-                    let from = match mount.from {
-                        Value::Known(f) => f,
-                        Value::Unknown(why) => {
-                            return Err(at(
-                                cmd,
-                                FallbackReason::Unresolved(format!(
-                                    "a mount's from= depends on {why}"
-                                )),
-                            ));
-                        }
-                    };
-                    // A cache without `from` starts empty; anything else without `from` (bind, and tmpfs too, as
-                    // both BuildKit versions do) reads its source from the context.
-                    if !from.is_empty() || typ == MountType::Cache {
-                        continue;
-                    }
-                    let source = match mount.source {
-                        Value::Known(s) => s,
-                        Value::Unknown(why) => {
-                            return Err(at(
-                                cmd,
-                                FallbackReason::Unresolved(format!(
-                                    "a mount source depends on {why}"
-                                )),
-                            ));
-                        }
-                    };
-                    paths
-                        .entry(clean(&format!("/{source}")))
-                        .or_default()
-                        .push(reader());
-                }
+            let wrong = if http {
+                Some(FallbackReason::Rejected(
+                    "source can't be a URL for COPY".to_owned(),
+                ))
+            } else if path.contains("://") || path.starts_with("git@") {
+                Some(FallbackReason::Unsupported(format!(
+                    "the remote source `{path}`, which BuildKit versions treat differently"
+                )))
+            } else {
+                None
+            };
+            if let Some(reason) = wrong {
+                return Err(at(cmd, reason));
             }
-            Kind::From { .. } | Kind::Onbuild(_) | Kind::Other => {}
+            self.read(&path, reader.clone());
+        }
+        Ok(())
+    }
+
+    /// `RUN --mount`: a bind (or tmpfs, or cache with `from`) without `from` reads its source from the context.
+    fn run(
+        &mut self,
+        index: usize,
+        cmd: &Instruction,
+        mounts: &[String],
+        froms: &[String],
+        env: &Env,
+        reader: Reader,
+    ) -> Result<(), Fallback> {
+        for (spec, raw_from) in mounts.iter().zip(froms) {
+            let mut expand = |w: &str| -> Result<Value, LexError> { self.lexer.word(w, env) };
+            let mount = instructions::parse_mount(spec, &mut expand)
+                .map_err(|e| at(cmd, instr_reason(e)))?;
+            if !raw_from.is_empty()
+                && let Some(src) = self.by_name.get(&raw_from.to_lowercase())
+                && *src >= index
+            {
+                return Err(at(
+                    cmd,
+                    FallbackReason::Rejected(format!(
+                        "cannot mount from stage \"{raw_from}\", stage needs to be defined before current command"
+                    )),
+                ));
+            }
+            let Some(typ) = mount.typ else {
+                let why = mount.typ_unknown.unwrap_or_default();
+                return Err(at(
+                    cmd,
+                    FallbackReason::Unresolved(format!("a mount type depends on {why}")),
+                ));
+            };
+            if matches!(typ, MountType::Secret | MountType::Ssh) {
+                continue;
+            }
+            let from = known(cmd, mount.from, "a mount's from=")?;
+            // A cache without `from` starts empty; anything else without `from` (bind, and tmpfs too, as both
+            // BuildKit versions do) reads its source from the context.
+            if !from.is_empty() || typ == MountType::Cache {
+                continue;
+            }
+            let source = known(cmd, mount.source, "a mount's source=")?;
+            self.read(&source, reader.clone());
+        }
+        Ok(())
+    }
+}
+
+/// The text of a value that decides a context read, or a fallback saying what it depends on.
+fn known(cmd: &Instruction, value: Value, what: &str) -> Result<String, Fallback> {
+    match value {
+        Value::Known(v) => Ok(v),
+        Value::Unknown(why) => Err(at(
+            cmd,
+            FallbackReason::Unresolved(format!("{what} depends on {why}")),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    enum Want {
+        Paths(&'static [&'static str]),
+        Whole,
+        Nothing,
+        /// The fallback's message contains this.
+        Fallback(&'static str),
+    }
+
+    struct Case {
+        name: &'static str,
+        dockerfile: &'static str,
+        target: Option<&'static str>,
+        args: &'static [(&'static str, &'static str)],
+        want: Want,
+    }
+
+    const fn case(name: &'static str, dockerfile: &'static str, want: Want) -> Case {
+        Case {
+            name,
+            dockerfile,
+            target: None,
+            args: &[],
+            want,
         }
     }
-    Ok(env)
+
+    use Want::{Fallback as Fb, Nothing, Paths, Whole};
+
+    /// Each case says what BuildKit does; the corpus in tests/fixtures/dockerfiles checks the same rules against
+    /// real daemons.
+    fn cases() -> Vec<Case> {
+        vec![
+            // Only COPY/ADD/mount sources count, cleaned and sorted bytewise (uppercase first).
+            case(
+                "rust",
+                "FROM scratch AS build\nCOPY Cargo.toml Cargo.lock ./\nCOPY src ./src\nFROM scratch\nCOPY --from=build /x /x\n",
+                Paths(&["Cargo.lock", "Cargo.toml", "src"]),
+            ),
+            case(
+                "sorted bytewise",
+                "FROM scratch\nCOPY b a B /\n",
+                Paths(&["B", "a", "b"]),
+            ),
+            // `path.Join("/", src)`: `..` cannot leave the root, trailing slashes go, absolute is relative.
+            case(
+                "cleaned",
+                "FROM scratch\nCOPY ./src/../lib/ /abs//x ../up /d/\n",
+                Paths(&["abs/x", "lib", "up"]),
+            ),
+            // Wildcards are sent as they are; the client matches them.
+            case(
+                "wildcard",
+                "FROM scratch\nCOPY *.json ./\n",
+                Paths(&["*.json"]),
+            ),
+            // `.` (and `..`, `/`) clean to the root: the whole context.
+            case("copy dot", "FROM scratch\nCOPY . .\n", Whole),
+            case("copy dotdot", "FROM scratch\nCOPY .. /x\n", Whole),
+            // A stage the target does not need is never converted, so its reads do not count.
+            case(
+                "unreachable stage",
+                "FROM scratch AS unused\nCOPY unused /\nFROM scratch\nCOPY used /\n",
+                Paths(&["used"]),
+            ),
+            Case {
+                target: Some("Build"),
+                ..case(
+                    "target is case-insensitive and skips later stages",
+                    "FROM scratch AS build\nCOPY src /\nFROM scratch\nCOPY README.md /\n",
+                    Paths(&["src"]),
+                )
+            },
+            // Stages reached through FROM, COPY --from (name or index) and RUN --mount from=.
+            case(
+                "stage graph",
+                "FROM scratch AS a\nCOPY a /\nFROM scratch AS b\nCOPY b /\nFROM scratch AS c\nCOPY c /\n\
+                 FROM busybox AS d\nRUN --mount=from=C,target=/c true\nFROM a\nCOPY --from=1 /b /\nCOPY --from=d / /\n",
+                Paths(&["a", "b", "c"]),
+            ),
+            // `--from=<image>` reads no context.
+            case(
+                "copy from image",
+                "FROM scratch\nCOPY --from=alpine:3 /etc/x /\n",
+                Nothing,
+            ),
+            case(
+                "heredoc only",
+                "FROM scratch\nCOPY <<EOF /x\nhi\nEOF\n",
+                Nothing,
+            ),
+            case(
+                "heredoc and file",
+                "FROM scratch\nCOPY <<EOF file /d/\nhi\nEOF\n",
+                Paths(&["file"]),
+            ),
+            // ADD downloads http(s) sources instead of reading the context.
+            case(
+                "add url",
+                "FROM scratch\nADD https://example.com/a.tgz local.tgz /\n",
+                Paths(&["local.tgz"]),
+            ),
+            case(
+                "add git",
+                "FROM scratch\nADD git@github.com:a/b.git /\n",
+                Fb("remote source"),
+            ),
+            case(
+                "copy url",
+                "FROM scratch\nCOPY http://x/y /\n",
+                Fb("can't be a URL"),
+            ),
+            // ARG defaults and build-argument overrides.
+            case(
+                "arg default",
+                "FROM scratch\nARG SRC=src\nCOPY ${SRC} ./src\n",
+                Paths(&["src"]),
+            ),
+            Case {
+                args: &[("SRC", "lib")],
+                ..case(
+                    "arg override",
+                    "FROM scratch\nARG SRC=src\nCOPY ${SRC} ./src\n",
+                    Paths(&["lib"]),
+                )
+            },
+            // A global ARG is not in a stage unless redeclared; unset is empty, and "" cleans to the root.
+            case(
+                "global arg not redeclared",
+                "ARG SRC=src\nFROM scratch\nCOPY $SRC /\n",
+                Whole,
+            ),
+            case(
+                "global arg redeclared",
+                "ARG SRC=src\nFROM scratch\nARG SRC\nCOPY $SRC /\n",
+                Paths(&["src"]),
+            ),
+            // A stage ARG default is expanded in the stage, where global args are not visible.
+            case(
+                "stage default sees no globals",
+                "ARG V=x\nFROM scratch\nARG P=dir$V\nCOPY $P /\n",
+                Paths(&["dir"]),
+            ),
+            // ARG and ENV set the same environment in order: a later ARG with a value wins, one without does not.
+            case(
+                "env then arg",
+                "FROM scratch\nENV D=a\nARG D=b\nENV E=x\nARG E\nCOPY $D $E /\n",
+                Paths(&["b", "x"]),
+            ),
+            // All pairs of one ENV are expanded before any is set.
+            case(
+                "env pairs",
+                "FROM scratch\nENV A=1\nENV A=2 B=$A\nCOPY $B /\n",
+                Paths(&["1"]),
+            ),
+            case(
+                "modifiers",
+                "FROM scratch\nARG P=src/main.rs\nCOPY ${P%.rs}.txt ${NOPE:-dflt} ${P:+plus} /\n",
+                Paths(&["dflt", "plus", "src/main.txt"]),
+            ),
+            // A stage built on a stage inherits its environment.
+            case(
+                "inherited env",
+                "FROM scratch AS base\nARG SRC=app\nFROM base\nCOPY $SRC /\n",
+                Paths(&["app"]),
+            ),
+            // On an image, a variable the Dockerfile does not set may come from the image's config.
+            case(
+                "image env",
+                "FROM alpine\nCOPY $HOME/x /\n",
+                Fb("base image alpine may set it"),
+            ),
+            case(
+                "image env declared",
+                "FROM alpine\nARG D=dir\nCOPY $D /\n",
+                Paths(&["dir"]),
+            ),
+            case(
+                "scratch path",
+                "FROM scratch\nCOPY ${PATH%%:*} /\n",
+                Paths(&["usr/local/sbin"]),
+            ),
+            // The base can be an ARG, and can name a stage.
+            case(
+                "base from arg names a stage",
+                "ARG STAGE=build\nFROM scratch AS build\nCOPY built /\nFROM scratch AS other\nCOPY other /\nFROM ${STAGE}\n",
+                Paths(&["built"]),
+            ),
+            // Mounts: bind reads its source, cache/secret/ssh do not, tmpfs and a bind without source read the root.
+            case(
+                "mounts",
+                "FROM busybox\nRUN --mount=type=bind,source=req.txt,target=/r --mount=type=cache,target=/c \
+                 --mount=type=secret,id=s --mount=type=ssh true\n",
+                Paths(&["req.txt"]),
+            ),
+            case(
+                "tmpfs",
+                "FROM busybox\nRUN --mount=type=tmpfs,target=/t true\n",
+                Whole,
+            ),
+            case(
+                "bind without source",
+                "FROM busybox\nRUN --mount=target=/src true\n",
+                Whole,
+            ),
+            case(
+                "mount with variables",
+                "FROM busybox\nARG T=bind\nARG S=go.sum\nRUN --mount=type=$T,source=$S,target=/x true\n",
+                Paths(&["go.sum"]),
+            ),
+            // ONBUILD in a stage runs in the stages built on it.
+            case(
+                "onbuild",
+                "FROM busybox AS base\nONBUILD COPY onb /\nFROM base\nCOPY main /\n",
+                Paths(&["main", "onb"]),
+            ),
+            case(
+                "escape directive",
+                "# escape=`\nFROM scratch\nCOPY a`$b `\n  c /\n",
+                Paths(&["a$b", "c"]),
+            ),
+            // Frontend images.
+            case(
+                "syntax dockerfile:1",
+                "# syntax=docker/dockerfile:1\nFROM scratch\nCOPY a /\n",
+                Paths(&["a"]),
+            ),
+            case(
+                "syntax pinned",
+                "# syntax=docker.io/docker/dockerfile:1.7@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\nFROM scratch\nCOPY a /\n",
+                Paths(&["a"]),
+            ),
+            case(
+                "syntax labs",
+                "# syntax=docker/dockerfile:1-labs\nFROM scratch\nCOPY a /\n",
+                Fb("frontend image"),
+            ),
+            case(
+                "syntax old",
+                "# syntax=docker/dockerfile:1.2\nFROM scratch\nCOPY a /\n",
+                Fb("frontend image"),
+            ),
+            case(
+                "syntax other",
+                "# syntax=example.com/fe:2\nFROM scratch\nCOPY a /\n",
+                Fb("frontend image"),
+            ),
+            Case {
+                args: &[("BUILDKIT_SYNTAX", "example.com/fe")],
+                ..case(
+                    "syntax arg",
+                    "FROM scratch\nCOPY a /\n",
+                    Fb("BUILDKIT_SYNTAX"),
+                )
+            },
+            // What BuildKit rejects, and what we do not model.
+            case(
+                "unknown instruction",
+                "FROM scratch\nCOPPY a /\n",
+                Fb("unknown instruction"),
+            ),
+            case(
+                "parents",
+                "FROM scratch\nCOPY --parents a/./b /\n",
+                Fb("labs"),
+            ),
+            case(
+                "from variable",
+                "FROM scratch AS a\nFROM scratch\nARG S=a\nCOPY --from=$S /x /\n",
+                Fb("not supported for --from"),
+            ),
+            Case {
+                target: Some("a"),
+                ..case(
+                    "copy from later stage",
+                    "FROM scratch AS a\nCOPY --from=b /x /\nFROM scratch AS b\n",
+                    Fb("defined before"),
+                )
+            },
+            // The same stage unbuilt: no error, nothing read.
+            case(
+                "later stage unbuilt",
+                "FROM scratch AS a\nCOPY --from=b /x /\nFROM scratch AS b\n",
+                Nothing,
+            ),
+            case(
+                "cycle",
+                "FROM scratch AS a\nCOPY --from=b /x /\nFROM scratch AS b\nCOPY --from=a /x /\nFROM scratch\n",
+                Fb("circular"),
+            ),
+            case("no stages", "ARG A=1\n", Fb("no stages")),
+            case(
+                "instruction before FROM",
+                "COPY a /\nFROM scratch\n",
+                Fb("no build stage"),
+            ),
+            case("target missing", "FROM scratch\n", Nothing),
+            Case {
+                target: Some("nope"),
+                ..case("unknown target", "FROM scratch\n", Fb("could not be found"))
+            },
+            case(
+                "unknown base arg",
+                "FROM ${TARGETARCH}-img\nCOPY a /\n",
+                Fb("TARGETARCH"),
+            ),
+            case(
+                "platform arg",
+                "FROM scratch\nARG TARGETARCH\nCOPY bin-$TARGETARCH /\n",
+                Fb("daemon's platform"),
+            ),
+            case(
+                "version-dependent arg",
+                "FROM scratch\nARG TARGETSTAGE\nCOPY $TARGETSTAGE /\n",
+                Fb("0.13"),
+            ),
+            case(
+                "expansion error",
+                "FROM scratch\nCOPY ${A:?required} /\n",
+                Fb("A: required"),
+            ),
+        ]
+    }
+
+    #[test]
+    fn predictions() {
+        let mut failures = Vec::new();
+        for c in cases() {
+            let args: BTreeMap<String, String> = c
+                .args
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let got = predict_with(
+                c.dockerfile.as_bytes(),
+                &PredictOptions {
+                    target: c.target,
+                    build_args: &args,
+                    build_platform: None,
+                    target_platform: None,
+                },
+            );
+            let ok = match (&c.want, &got) {
+                (Paths(want), Prediction::Paths(p)) => {
+                    p.iter().map(|c| c.path.as_str()).collect::<Vec<_>>() == *want
+                }
+                (Whole, Prediction::Whole(_)) | (Nothing, Prediction::Nothing) => true,
+                (Fb(part), Prediction::Fallback(f)) => f.to_string().contains(part),
+                _ => false,
+            };
+            if !ok {
+                failures.push(format!("{}: got {got:?}", c.name));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn platform_arguments_when_the_platform_is_given() {
+        let args = BTreeMap::new();
+        let opts = PredictOptions {
+            target: None,
+            build_args: &args,
+            build_platform: Some("linux/amd64"),
+            target_platform: Some("linux/arm64/v8"),
+        };
+        let p = predict_with(
+            b"FROM scratch\nARG TARGETPLATFORM TARGETARCH TARGETVARIANT BUILDARCH\nCOPY $TARGETPLATFORM-$TARGETARCH-${TARGETVARIANT:-none}-$BUILDARCH /\n",
+            &opts,
+        );
+        assert_eq!(
+            p.followpaths(),
+            Some(vec!["linux/arm64-arm64-none-amd64".to_owned()])
+        );
+    }
+
+    #[test]
+    fn readers_explain_changes() {
+        let p = predict_with(
+            b"FROM scratch AS build\nARG SRC_DIR=src\nCOPY ${SRC_DIR} ./src\nCOPY *.toml ./\nFROM scratch\nCOPY --from=build / /\n",
+            &PredictOptions {
+                target: None,
+                build_args: &BTreeMap::new(),
+                build_platform: None,
+                target_platform: None,
+            },
+        );
+        let readers = p.explain("src/lib.rs");
+        assert_eq!(readers.len(), 1);
+        assert_eq!(
+            readers[0].to_string(),
+            "COPY ${SRC_DIR} ./src in stage build (line 3)"
+        );
+        assert_eq!(p.explain("Cargo.toml").len(), 1);
+        assert!(p.explain("README.md").is_empty());
+        assert!(p.agrees_with(Some(&["*.toml".to_owned(), "src".to_owned()])));
+        assert!(!p.agrees_with(Some(&[])));
+        assert!(!p.agrees_with(None));
+    }
+
+    #[test]
+    fn onbuild_readers_name_the_trigger() {
+        let p = predict_with(
+            b"FROM busybox AS base\nONBUILD COPY onb /\nFROM base AS app\n",
+            &PredictOptions {
+                target: None,
+                build_args: &BTreeMap::new(),
+                build_platform: None,
+                target_platform: None,
+            },
+        );
+        assert_eq!(
+            p.explain("onb")[0].to_string(),
+            "ONBUILD COPY onb / (trigger from stage base) in stage app (line 2)"
+        );
+    }
 }
