@@ -303,7 +303,11 @@ pub(crate) fn instruction(node: &Node) -> Result<Instruction, InstrError> {
             }
             Kind::Copy(Copy {
                 add,
-                from: f.string("from").map(str::to_owned),
+                // `--from=` with nothing after it is the context, as no `--from` is.
+                from: f
+                    .string("from")
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_owned),
                 sources,
             })
         }

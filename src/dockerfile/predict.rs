@@ -211,9 +211,6 @@ impl Vars for Env {
                 Some(base) => Lookup::Unknown(format!(
                     "`{name}`, which the Dockerfile does not set here; the base image {base} may set it"
                 )),
-                None if VERSION_DEPENDENT_ARGS.contains(&name) => Lookup::Unknown(format!(
-                    "{name}, which BuildKit 0.2x sets and 0.13 does not"
-                )),
                 None => Lookup::Unset,
             },
         }
@@ -383,6 +380,14 @@ fn global_args(
         .chain(Platform::args(target.as_ref(), "TARGET", target_why))
     {
         globals.set(&k, v);
+    }
+    for name in VERSION_DEPENDENT_ARGS {
+        globals.set(
+            name,
+            Value::Unknown(format!(
+                "{name}, which BuildKit 0.2x sets and 0.13 does not"
+            )),
+        );
     }
     for i in instrs {
         match &i.kind {
@@ -679,11 +684,7 @@ impl Dispatcher<'_> {
             let value = match (self.opts.build_args.get(key), default) {
                 (Some(v), _) => Some(Value::Known(v.clone())),
                 (None, Some(d)) => Some(self.expand(cmd, d, env)?),
-                (None, None) => self.globals.get(key).cloned().or_else(|| {
-                    VERSION_DEPENDENT_ARGS.contains(&key.as_str()).then(|| {
-                        Value::Unknown(format!("{key}, which BuildKit 0.2x sets and 0.13 does not"))
-                    })
-                }),
+                (None, None) => self.globals.get(key).cloned(),
             };
             if let Some(value) = value
                 && !NON_ENV_ARGS.contains(&key.as_str())
@@ -913,6 +914,17 @@ mod tests {
                 "FROM scratch AS a\nCOPY a /\nFROM scratch AS b\nCOPY b /\nFROM scratch AS c\nCOPY c /\n\
                  FROM busybox AS d\nRUN --mount=from=C,target=/c true\nFROM a\nCOPY --from=1 /b /\nCOPY --from=d / /\n",
                 Paths(&["a", "b", "c"]),
+            ),
+            case(
+                "empty --from is the context",
+                "FROM scratch\nCOPY --from= e1 /\n",
+                Paths(&["e1"]),
+            ),
+            // Duplicate stage names: `--from` finds the last, `FROM` the last before it.
+            case(
+                "duplicate stage names",
+                "FROM scratch AS a\nCOPY one /x\nFROM scratch AS a\nCOPY two /x\nFROM scratch\nCOPY --from=a /x /\n",
+                Paths(&["two"]),
             ),
             // `--from=<image>` reads no context.
             case(
@@ -1148,6 +1160,17 @@ mod tests {
             case(
                 "version-dependent arg",
                 "FROM scratch\nARG TARGETSTAGE\nCOPY $TARGETSTAGE /\n",
+                Fb("0.13"),
+            ),
+            // Not declared in the stage, it is unset there on every version.
+            case(
+                "version-dependent arg undeclared",
+                "FROM scratch\nCOPY x$TARGETSTAGE /\n",
+                Paths(&["x"]),
+            ),
+            case(
+                "version-dependent arg in FROM",
+                "FROM img-$TARGETSTAGE\n",
                 Fb("0.13"),
             ),
             case(
