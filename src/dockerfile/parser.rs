@@ -198,20 +198,17 @@ impl Directives {
     }
 
     /// Removes a trailing escape character (and spaces after it); says whether the instruction ends here.
-    fn trim_continuation(&self, line: &str, number: usize) -> Result<(String, bool), ParseError> {
+    fn trim_continuation(&self, line: &str) -> (String, bool) {
         let trimmed = line.trim_end_matches([' ', '\t']);
         let Some(before) = trimmed.strip_suffix(self.escape) else {
-            return Ok((line.to_owned(), true));
+            return (line.to_owned(), true);
         };
         if before.ends_with(self.escape) {
-            // BuildKit's older continuation regex joins `\\`-terminated lines, the newer one does not.
-            return Err(ParseError::Unsupported {
-                line: number,
-                message: "a line ends with two escape characters, which BuildKit versions read differently"
-                    .to_owned(),
-            });
+            // `([^\\])\\[ \t]*$`: an escaped escape does not continue the line (BuildKit 0.13 and later; older
+            // versions joined such lines).
+            return (line.to_owned(), true);
         }
-        Ok((before.to_owned(), false))
+        (before.to_owned(), false)
     }
 }
 
@@ -233,7 +230,7 @@ pub(crate) fn parse(text: &str) -> Result<Ast, ParseError> {
         let first = d.process_line(raw, true, current + 1)?;
         current += 1;
         let start = current;
-        let (mut line, mut end) = d.trim_continuation(&first, current)?;
+        let (mut line, mut end) = d.trim_continuation(&first);
         if end && line.is_empty() {
             continue;
         }
@@ -245,7 +242,7 @@ pub(crate) fn parse(text: &str) -> Result<Ast, ParseError> {
                 // Comments and empty lines inside a continued instruction are skipped.
                 continue;
             }
-            let (next, ends) = d.trim_continuation(&next, current)?;
+            let (next, ends) = d.trim_continuation(&next);
             line.push_str(&next);
             end = ends;
         }
@@ -798,10 +795,10 @@ mod tests {
             parse("# escape=`\n# escape=`\nFROM a\n"),
             Err(ParseError::Rejected { .. })
         ));
-        assert!(matches!(
-            parse("COPY a\\\\\n b\n"),
-            Err(ParseError::Unsupported { .. })
-        ));
+        // An escaped escape at the end does not continue the line (checked on both daemons).
+        let ast = parse("COPY a\\\\\nb /\n").unwrap();
+        assert_eq!(ast.nodes.len(), 2);
+        assert_eq!(ast.nodes[0].args, ["a\\\\"]);
     }
 
     #[test]
