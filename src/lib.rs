@@ -9,6 +9,7 @@ pub(crate) mod commands;
 pub mod config;
 pub mod context;
 pub mod digest;
+pub(crate) mod dockerfile;
 pub mod error;
 pub mod hash;
 pub mod index;
@@ -20,3 +21,13 @@ pub(crate) mod registry;
 pub(crate) mod report;
 pub(crate) mod session;
 pub mod state;
+
+/// The Dockerfile reader, visible to the integration tests only (`tests/it/predict.rs` checks it against the real
+/// daemons); not a stable interface.
+#[doc(hidden)]
+pub mod for_tests {
+    pub use crate::dockerfile::{
+        COMPATIBLE_FRONTENDS, ContextPath, Fallback, FallbackReason, PredictOptions, Prediction,
+        Reader, Reads, predict, predict_with,
+    };
+}
