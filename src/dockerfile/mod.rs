@@ -228,8 +228,10 @@ impl Prediction {
             Prediction::Paths(paths) => paths
                 .iter()
                 .filter(|p| {
-                    crate::context::PatternMatcher::new([p.path.as_str()])
-                        .is_ok_and(|m| m.matches_or_parent_matches(changed.as_bytes()))
+                    crate::context::PatternMatcher::new([p.path.as_str()]).is_ok_and(|m| {
+                        m.matches_or_parent_matches(changed.as_bytes())
+                            .unwrap_or(false)
+                    })
                 })
                 .flat_map(|p| &p.readers)
                 .collect(),

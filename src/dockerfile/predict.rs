@@ -10,7 +10,7 @@ use super::instructions::{self, InstrError, Instruction, Kind, MountType};
 use super::lex::{LexError, Lexer, Lookup, Value, Vars};
 use super::parser::{self, ParseError};
 use super::{ContextPath, Fallback, FallbackReason, PredictOptions, Prediction, Reader};
-use crate::context::pattern::clean;
+use crate::context::gostr;
 
 /// `system.DefaultPathEnv("linux")`, which BuildKit sets when the base has no `PATH` (as `scratch` has not).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -659,6 +659,8 @@ impl Dispatcher<'_> {
     }
 
     fn read(&mut self, path: &str, reader: Reader) {
+        // Go's `path.Clean` (the frontend cleans every source); the Dockerfile is UTF-8 here (otherwise a fallback).
+        let clean = |p: &str| String::from_utf8_lossy(&gostr::clean(p.as_bytes())).into_owned();
         self.paths
             .entry(clean(&format!("/{path}")))
             .or_default()
