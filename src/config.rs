@@ -119,6 +119,20 @@ struct ServiceToml {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     source_date_epoch: Option<Spanned<i64>>,
+    #[serde(default)]
+    inputs: Inputs,
+}
+
+/// `inputs = "dockerfile" | "context"`: what a service's input digest covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Inputs {
+    /// The context paths the Dockerfile reads, predicted as BuildKit's frontend computes them (and checked
+    /// against what it asks for on every build); the whole context when the prediction is not sure.
+    #[default]
+    Dockerfile,
+    /// The whole context after `.dockerignore`.
+    Context,
 }
 
 /// The registry images are pushed to.
@@ -197,6 +211,8 @@ pub struct Service {
     pub labels: BTreeMap<String, String>,
     /// `SOURCE_DATE_EPOCH` for reproducible images (timestamps in the config and in new layers clamped to it).
     pub source_date_epoch: Option<u64>,
+    /// What the input digest covers.
+    pub inputs: Inputs,
 }
 
 /// A loaded config: where it is, and its services in dependency order (dependencies first).
@@ -444,6 +460,7 @@ impl Workspace {
                     depends_on,
                     labels: svc.labels,
                     source_date_epoch,
+                    inputs: svc.inputs,
                 },
                 svc.depends_on,
             ));

@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::config::Service;
+use crate::config::{Inputs, Service};
 use crate::context::{ContextError, DockerIgnore, Entry, EntryKind, walk};
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
 use crate::index::Index;
 
-/// Derive key of the service digest. Bump on any change to what is hashed or how.
-pub const SERVICE_KEY: &str = "buildopt 2026-11-28 service inputs v1";
+/// Derive key of the service digest. Bump on any change to what is hashed or how. (v2: the digest covers the
+/// context paths the Dockerfile reads, see [`Reads`].)
+pub const SERVICE_KEY: &str = "buildopt 2026-12-02 service inputs v2";
 /// Derive key of one context entry's digest.
 pub const ENTRY_KEY: &str = "buildopt 2026-11-28 context entry v1";
 
@@ -48,9 +49,17 @@ pub enum HashError {
 /// Everything known about one service's inputs after hashing.
 #[derive(Debug, Clone)]
 pub struct ServiceInputs {
-    /// The service digest.
+    /// The input digest: over what the build reads (see [`Reads`]).
     pub digest: Digest,
-    /// Context entries in send order.
+    /// The digest over the whole context (equal to `digest` when the build reads the whole context).
+    pub context_digest: Digest,
+    /// What `digest` covers.
+    pub reads: Reads,
+    /// The indices in `entries` of what the build reads, in send order.
+    pub read: Vec<usize>,
+    /// The prediction from the Dockerfile (None with `inputs = "context"`).
+    pub prediction: Option<crate::dockerfile::Prediction>,
+    /// The whole context's entries (after `.dockerignore`) in send order.
     pub entries: Vec<Entry>,
     /// Per entry (same order), the digest of that entry.
     pub entry_digests: Vec<Digest>,
@@ -87,9 +96,31 @@ impl Fields {
     }
 }
 
+/// Which part of the context a service's digest covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reads {
+    /// The whole context after `.dockerignore`, and why (`inputs = "context"`, `COPY . .`, a fallback).
+    Context {
+        /// In words.
+        why: String,
+    },
+    /// The paths the Dockerfile frontend will ask for (its `FollowPaths`), as predicted from the Dockerfile.
+    Paths {
+        /// The predicted follow paths, sorted and cleaned as the frontend sends them.
+        followpaths: Vec<String>,
+    },
+    /// The build reads nothing from the context.
+    Nothing,
+}
+
 /// Selects and hashes the context of `svc`, then folds in its Dockerfile, parameters and the digests of its
 /// dependencies (`deps` must hold every name in `svc.depends_on`). `own` are buildopt's state directories, never
 /// part of a context.
+///
+/// Two digests come out: one over the whole context (`context_digest`), and the input digest (`digest`) over what
+/// the build reads, as predicted from the Dockerfile (the same when it reads the whole context). The whole context
+/// is always hashed (the local index makes that cheap) so that a misprediction can fall back to it and `plan` can
+/// say which changed files the build does not read.
 pub fn hash_service(
     svc: &Service,
     deps: &BTreeMap<String, Digest>,
@@ -104,27 +135,43 @@ pub fn hash_service(
         .map(|(e, c)| entry_digest(e, c.as_ref()))
         .collect();
 
-    let (dockerfile, _) = hash_stable_file(&svc.dockerfile)?;
+    let dockerfile_bytes = fs_err::read(&svc.dockerfile).map_err(|source| HashError::Read {
+        path: svc.dockerfile.clone(),
+        source,
+    })?;
+    let dockerfile = Digest::of(&dockerfile_bytes);
     let params = params_digest(svc);
+    let own_deps: BTreeMap<String, Digest> = svc
+        .depends_on
+        .iter()
+        .map(|name| (name.clone(), deps[name]))
+        .collect();
 
-    let mut f = Fields::new(SERVICE_KEY);
-    f.u64(entry_digests.len() as u64);
-    for d in &entry_digests {
-        f.0.update(&d.0);
-    }
-    f.0.update(&dockerfile.0);
-    f.0.update(&params.0);
-    let mut own_deps = BTreeMap::new();
-    for name in &svc.depends_on {
-        let d = deps[name];
-        own_deps.insert(name.clone(), d);
-    }
-    f.u64(own_deps.len() as u64);
-    for (name, d) in &own_deps {
-        f.bytes(name.as_bytes()).bytes(&d.0);
-    }
+    let (reads, read, prediction) = what_is_read(svc, &dockerfile_bytes, &ignore, &entries, own);
+
+    let context_digest = service_digest(
+        &Reads::Context { why: String::new() },
+        entry_digests.iter(),
+        &dockerfile,
+        &params,
+        &own_deps,
+    );
+    let digest = match &reads {
+        Reads::Context { .. } => context_digest,
+        _ => service_digest(
+            &reads,
+            read.iter().map(|&i| &entry_digests[i]),
+            &dockerfile,
+            &params,
+            &own_deps,
+        ),
+    };
     Ok(ServiceInputs {
-        digest: f.finish(),
+        digest,
+        context_digest,
+        reads,
+        read,
+        prediction,
         entries,
         entry_digests,
         contents,
@@ -133,6 +180,173 @@ pub fn hash_service(
         params,
         deps: own_deps,
     })
+}
+
+/// What the build of `svc` reads of its context (`entries`, the whole context after `.dockerignore`): the
+/// prediction from the Dockerfile (unless `inputs = "context"`), and the indices of the entries it covers.
+fn what_is_read(
+    svc: &Service,
+    dockerfile: &[u8],
+    ignore: &DockerIgnore,
+    entries: &[Entry],
+    own: &[PathBuf],
+) -> (Reads, Vec<usize>, Option<crate::dockerfile::Prediction>) {
+    let prediction = match svc.inputs {
+        Inputs::Context => None,
+        Inputs::Dockerfile => Some(predict_service(svc, dockerfile)),
+    };
+    let mut reads = match prediction.as_ref().map(|p| (p, p.reads())) {
+        None => Reads::Context {
+            why: "`inputs = \"context\"`".to_owned(),
+        },
+        Some((p, crate::dockerfile::Reads::Whole)) => Reads::Context {
+            why: match p.fallback() {
+                Some(f) => format!("the Dockerfile is not fully understood ({f})"),
+                None => "the build reads the whole context".to_owned(),
+            },
+        },
+        Some((_, crate::dockerfile::Reads::Nothing)) => Reads::Nothing,
+        Some((_, crate::dockerfile::Reads::Paths(paths))) => Reads::Paths {
+            followpaths: paths.iter().map(|p| p.path.clone()).collect(),
+        },
+    };
+    // The entries the build reads: what the session will send for those follow paths (the same filter), found in
+    // the whole context's list so that their digests are the ones computed for it.
+    let read: Vec<usize> = match &reads {
+        Reads::Context { .. } => (0..entries.len()).collect(),
+        Reads::Nothing => Vec::new(),
+        Reads::Paths { followpaths } => {
+            match read_entries(svc, ignore, entries, followpaths, own) {
+                Some(read) => read,
+                None => {
+                    reads = Reads::Context {
+                        why: "the entries the Dockerfile reads changed while they were listed"
+                            .to_owned(),
+                    };
+                    (0..entries.len()).collect()
+                }
+            }
+        }
+    };
+    (reads, read, prediction)
+}
+
+/// The entries of `svc` that its input digest covers (all of the context after `.dockerignore` with `whole`), in
+/// send order, and what they are; for `hash --list`, without hashing anything.
+pub fn listed_entries(
+    svc: &Service,
+    own: &[PathBuf],
+    whole: bool,
+) -> Result<(Vec<Entry>, Reads), HashError> {
+    let (ignore, entries) = select_context(svc, own)?;
+    if whole {
+        let why = "the whole context".to_owned();
+        return Ok((entries, Reads::Context { why }));
+    }
+    let dockerfile = fs_err::read(&svc.dockerfile).map_err(|source| HashError::Read {
+        path: svc.dockerfile.clone(),
+        source,
+    })?;
+    let (reads, read, _) = what_is_read(svc, &dockerfile, &ignore, &entries, own);
+    Ok((
+        read.into_iter().map(|i| entries[i].clone()).collect(),
+        reads,
+    ))
+}
+
+/// The input digest: what is covered (whole context, follow paths, nothing), the covered entries' digests, the
+/// Dockerfile, the parameters and the dependencies' digests.
+fn service_digest<'a>(
+    reads: &Reads,
+    entries: impl ExactSizeIterator<Item = &'a Digest>,
+    dockerfile: &Digest,
+    params: &Digest,
+    deps: &BTreeMap<String, Digest>,
+) -> Digest {
+    let mut f = Fields::new(SERVICE_KEY);
+    match reads {
+        Reads::Context { .. } => {
+            f.bytes(b"context");
+        }
+        Reads::Nothing => {
+            f.bytes(b"nothing");
+        }
+        Reads::Paths { followpaths } => {
+            f.bytes(b"paths").u64(followpaths.len() as u64);
+            for p in followpaths {
+                f.bytes(p.as_bytes());
+            }
+        }
+    }
+    f.u64(entries.len() as u64);
+    for d in entries {
+        f.0.update(&d.0);
+    }
+    f.0.update(&dockerfile.0);
+    f.0.update(&params.0);
+    f.u64(deps.len() as u64);
+    for (name, d) in deps {
+        f.bytes(name.as_bytes()).bytes(&d.0);
+    }
+    f.finish()
+}
+
+/// The prediction for every platform of `svc` (one when it names none); platforms that would read different paths
+/// fall back to the whole context.
+fn predict_service(svc: &Service, dockerfile: &[u8]) -> crate::dockerfile::Prediction {
+    use crate::dockerfile::{Fallback, FallbackReason, PredictOptions, Prediction, predict_with};
+    let options = |platform| PredictOptions {
+        target: svc.target.as_deref(),
+        build_args: &svc.build_args,
+        build_platform: None,
+        target_platform: platform,
+    };
+    if svc.platforms.len() <= 1 {
+        return predict_with(
+            dockerfile,
+            &options(svc.platforms.first().map(String::as_str)),
+        );
+    }
+    let all: Vec<Prediction> = svc
+        .platforms
+        .iter()
+        .map(|p| predict_with(dockerfile, &options(Some(p))))
+        .collect();
+    if all.windows(2).all(|w| w[0] == w[1]) {
+        all.into_iter().next().expect("two or more platforms")
+    } else {
+        Prediction::Fallback(Fallback {
+            line: None,
+            instruction: None,
+            reason: FallbackReason::Unsupported(
+                "the platforms of this service read different context paths".to_owned(),
+            ),
+        })
+    }
+}
+
+/// The indices, in `entries` (the whole context), of what the session sends for `followpaths`; None when the two
+/// walks disagree (the tree changed in between).
+fn read_entries(
+    svc: &Service,
+    ignore: &DockerIgnore,
+    entries: &[Entry],
+    followpaths: &[String],
+    own: &[PathBuf],
+) -> Option<Vec<usize>> {
+    let follow: Vec<Vec<u8>> = followpaths.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let filter = crate::context::transfer_filter(&svc.context, &[], &ignore.patterns, &follow)
+        .ok()?
+        .hide_own(&svc.context, own);
+    let sent = walk(&svc.context, &filter).ok()?;
+    let position: std::collections::HashMap<&[u8], usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.path.as_slice(), i))
+        .collect();
+    sent.iter()
+        .map(|e| position.get(e.path.as_slice()).copied())
+        .collect()
 }
 
 /// The context of `svc` as BuildKit gets it: its `.dockerignore` and the kept entries in send order. `own` are
@@ -503,6 +717,7 @@ mod tests {
             depends_on: Vec::new(),
             labels: BTreeMap::new(),
             source_date_epoch: None,
+            inputs: Inputs::Dockerfile,
         };
         let inputs = hash_service(&svc, &BTreeMap::new(), &Index::disabled(), &[]).unwrap();
         (dir, svc, inputs)

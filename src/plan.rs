@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::config::Service;
 use crate::digest::Digest;
-use crate::hash::ServiceInputs;
+use crate::hash::{Reads, ServiceInputs};
 use crate::registry::verify::{Found, Verifier};
 use crate::registry::{RegistryError, content_tag};
 use crate::state::{Changes, ServiceState, StateStore};
@@ -56,22 +56,37 @@ pub(crate) struct ServicePlan {
 /// What the registry holds for one service's inputs.
 #[derive(Debug, Clone)]
 pub(crate) struct RemoteState {
-    /// What the content tag holds.
+    /// What the content tag of the input digest holds.
     pub(crate) image: Found,
+    /// When that is absent and the input digest covers less than the whole context: what the content tag of the
+    /// whole context holds (a build BuildKit asked for more than predicted was tagged under it).
+    pub(crate) context_image: Option<Found>,
     /// Whether the cache ref exists (None when not asked).
     pub(crate) cache: Option<bool>,
 }
 
-/// Asks the registry for the content tag of `digest`, checks the image behind it, and (when `check_cache`) whether
-/// the cache ref exists.
+/// Asks the registry for the content tag of the inputs, checks the image behind it (falling back to the whole
+/// context's content tag), and (when `check_cache`) whether the cache ref exists.
 pub(crate) async fn lookup_remote(
     verifier: &Verifier,
     svc: &Service,
-    digest: &Digest,
+    inputs: &ServiceInputs,
     check_cache: bool,
 ) -> Result<RemoteState, RegistryError> {
-    let image = verifier.tag(&svc.image, &content_tag(digest)).await?;
-    let cache = if check_cache && matches!(image, Found::Usable { .. }) {
+    let image = verifier
+        .tag(&svc.image, &content_tag(&inputs.digest))
+        .await?;
+    let context_image = if image == Found::Absent && inputs.context_digest != inputs.digest {
+        Some(
+            verifier
+                .tag(&svc.image, &content_tag(&inputs.context_digest))
+                .await?,
+        )
+    } else {
+        None
+    };
+    let usable = |f: &Found| matches!(f, Found::Usable { .. });
+    let cache = if check_cache && (usable(&image) || context_image.as_ref().is_some_and(usable)) {
         let client = verifier.client();
         Some(
             client
@@ -82,7 +97,11 @@ pub(crate) async fn lookup_remote(
     } else {
         None
     };
-    Ok(RemoteState { image, cache })
+    Ok(RemoteState {
+        image,
+        context_image,
+        cache,
+    })
 }
 
 /// Decides for one service. With `remote`, the registry decides; without, the local state does.
@@ -97,30 +116,46 @@ pub(crate) fn decide(
     let local = store.load(&svc.name);
     let changes = local
         .as_ref()
-        .filter(|old| old.digest != inputs.digest)
+        .filter(|old| old.context_digest != inputs.context_digest || old.digest != inputs.digest)
         .map(|old| Changes::between(old, &now));
     let since_local = changes
         .as_ref()
-        .map(|c| format!("; since the last local build: {c}"))
+        .map(|c| format!("; since the last local build: {}", explain(c, svc, inputs)))
         .unwrap_or_default();
     let short = inputs.digest.short();
+    let skip = |digest: &String, what: String| {
+        (
+            Decision::Skip {
+                image: digest.clone(),
+            },
+            format!("{what} ({}){since_local}", short_image(digest)),
+        )
+    };
     let (decision, reason) = match (force, remote) {
         (true, _) => (Decision::Build, "--force".to_owned()),
-        (false, Some(remote)) => match &remote.image {
-            Found::Usable { .. } if remote.cache == Some(false) => (
-                Decision::Build,
+        (false, Some(remote)) => match (&remote.image, &remote.context_image) {
+            (Found::Usable { .. }, _) | (_, Some(Found::Usable { .. }))
+                if remote.cache == Some(false) =>
+            {
+                (
+                    Decision::Build,
+                    format!(
+                        "image for inputs {short} exists but the registry cache `{}` is missing (was its last export refused?); building exports it",
+                        svc.cache_tag
+                    ),
+                )
+            }
+            (Found::Usable { digest }, _) => {
+                skip(digest, format!("image for inputs {short} exists"))
+            }
+            (_, Some(Found::Usable { digest })) => skip(
+                digest,
                 format!(
-                    "image for inputs {short} exists but the registry cache `{}` is missing (was its last export refused?); building exports it",
-                    svc.cache_tag
+                    "image for the whole context {} exists (an earlier build read more than the Dockerfile shows, so it was tagged for the whole context)",
+                    inputs.context_digest.short()
                 ),
             ),
-            Found::Usable { digest } => (
-                Decision::Skip {
-                    image: digest.clone(),
-                },
-                format!("image for inputs {short} exists ({})", short_image(digest)),
-            ),
-            Found::Unusable { digest, reason } => (
+            (Found::Unusable { digest, reason }, _) => (
                 Decision::Build,
                 format!(
                     "the image under the content tag of inputs {short}{} cannot be used: {reason}",
@@ -130,7 +165,7 @@ pub(crate) fn decide(
                         .unwrap_or_default()
                 ),
             ),
-            Found::Absent => (
+            (Found::Absent, _) => (
                 Decision::Build,
                 format!("no image for inputs {short}{since_local}"),
             ),
@@ -139,13 +174,19 @@ pub(crate) fn decide(
             None => (Decision::Build, "no previous state".to_owned()),
             Some(old) if old.digest == inputs.digest => (
                 Decision::Unchanged,
-                "inputs unchanged since the last local build".to_owned(),
+                match &changes {
+                    Some(c) => format!(
+                        "the inputs the build reads are those of the last local build; {}",
+                        explain(c, svc, inputs)
+                    ),
+                    None => "inputs unchanged since the last local build".to_owned(),
+                },
             ),
             Some(_) => (
                 Decision::Build,
                 changes
                     .as_ref()
-                    .map(ToString::to_string)
+                    .map(|c| explain(c, svc, inputs))
                     .unwrap_or_default(),
             ),
         },
@@ -157,6 +198,61 @@ pub(crate) fn decide(
         reason,
         changes,
     }
+}
+
+/// What changed, file by file saying whether the build reads it and, when it does, which instruction: `README.md
+/// changed; the build does not read it`, `src/lib.rs changed; read by COPY ${SRC_DIR} ./src in stage build (line
+/// 3)`.
+fn explain(changes: &Changes, svc: &Service, inputs: &ServiceInputs) -> String {
+    const SHOWN: usize = 5;
+    // The Dockerfile as a context file is said once, as the Dockerfile.
+    let dockerfile = svc
+        .dockerfile
+        .strip_prefix(&svc.context)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let files: Vec<&String> = changes
+        .files
+        .iter()
+        .filter(|f| !(changes.dockerfile && Some(f.as_str()) == dockerfile.as_deref()))
+        .collect();
+    let read: std::collections::HashSet<String> = inputs
+        .read
+        .iter()
+        .map(|&i| inputs.entries[i].display_path())
+        .collect();
+    let mut parts: Vec<String> = files
+        .iter()
+        .take(SHOWN)
+        .map(|f| {
+            let readers = inputs
+                .prediction
+                .as_ref()
+                .map(|p| p.explain(f.trim_end_matches('/')))
+                .unwrap_or_default();
+            match (read.contains(*f), readers.first()) {
+                (false, _) if matches!(inputs.reads, Reads::Paths { .. } | Reads::Nothing) => {
+                    format!("{f} changed; the build does not read it")
+                }
+                (_, Some(r)) => format!("{f} changed; read by {r}"),
+                _ => format!("{f} changed"),
+            }
+        })
+        .collect();
+    if files.len() > SHOWN {
+        parts.push(format!("{} more files changed", files.len() - SHOWN));
+    }
+    let rest = Changes {
+        files: Vec::new(),
+        ..changes.clone()
+    };
+    if !rest.is_empty() {
+        parts.push(rest.to_string());
+    }
+    if parts.is_empty() {
+        parts.push("inputs changed".to_owned());
+    }
+    parts.join("; ")
 }
 
 /// `sha256:0123456789ab`.
@@ -179,7 +275,7 @@ pub(crate) async fn plan_remote(
 ) -> Result<Vec<ServicePlan>, RegistryError> {
     use futures::StreamExt;
     let remote = futures::stream::iter(services.iter().zip(inputs))
-        .map(|(svc, inp)| lookup_remote(verifier, svc, &inp.digest, check_cache))
+        .map(|(svc, inp)| lookup_remote(verifier, svc, inp, check_cache))
         .buffered(LOOKUPS)
         .collect::<Vec<_>>()
         .await;

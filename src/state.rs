@@ -10,22 +10,24 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::hash::ServiceInputs;
 
-const STATE_VERSION: u32 = 1;
+const STATE_VERSION: u32 = 2;
 
 /// The recorded inputs of one service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ServiceState {
     /// Format version; other versions are ignored.
     pub version: u32,
-    /// The service digest.
+    /// The input digest.
     pub digest: Digest,
+    /// The digest over the whole context.
+    pub context_digest: Digest,
     /// Dockerfile digest.
     pub dockerfile: Digest,
     /// Parameters digest.
     pub params: Digest,
     /// Dependencies' digests.
     pub deps: BTreeMap<String, Digest>,
-    /// Context entries (display path, digest), in send order.
+    /// The whole context's entries (display path, digest), in send order.
     pub entries: Vec<(String, Digest)>,
 }
 
@@ -35,6 +37,7 @@ impl ServiceState {
         ServiceState {
             version: STATE_VERSION,
             digest: inputs.digest,
+            context_digest: inputs.context_digest,
             dockerfile: inputs.dockerfile,
             params: inputs.params,
             deps: inputs.deps.clone(),

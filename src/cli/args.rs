@@ -142,9 +142,14 @@ pub struct BuildArgs {
 pub struct HashArgs {
     /// Services to hash [default: all].
     pub services: Vec<String>,
-    /// Print every entry of SERVICE's context in send order instead (directories end with `/`).
+    /// Print the entries SERVICE's input digest covers, in send order, instead: the context paths its Dockerfile
+    /// reads (directories end with `/`; names with control characters, quotes, backslashes or invalid UTF-8 are
+    /// quoted).
     #[arg(long, value_name = "SERVICE", conflicts_with = "services")]
     pub list: Option<String>,
+    /// With --list: the whole context after `.dockerignore` (what a `COPY . .` build reads).
+    #[arg(long, requires = "list")]
+    pub context: bool,
 }
 
 /// `buildopt plan`.

@@ -116,6 +116,8 @@ enum Outcome {
         warnings: Vec<String>,
         cache_hits: (usize, usize),
         transfers: Vec<TransferSummary>,
+        /// The input digest whose content tag it got (None when not pushed).
+        tagged_for: Option<Digest>,
         elapsed: Duration,
     },
     /// Its image existed; its tags were pointed at it.
@@ -353,9 +355,14 @@ fn report_of(
                     warnings,
                     cache_hits,
                     transfers,
+                    tagged_for,
                     elapsed,
                 }) => {
                     report.status = Status::Built;
+                    if let Some(d) = tagged_for {
+                        report.content_tag =
+                            Some(ctx.registry.reference(&svc.image, &content_tag(d)));
+                    }
                     report.transfers.clone_from(transfers);
                     report.image = Some(image.clone());
                     report.adopted = *adopted;
@@ -637,13 +644,19 @@ async fn build(
             warnings,
             cache_hits,
             transfers,
+            tagged_for: None,
             elapsed: started.elapsed(),
         };
     }
+    // The content tag of the predicted inputs only when BuildKit asked for exactly what was predicted; otherwise
+    // the image is tagged for the whole context, which covers whatever it read.
+    let (tagged_for, mispredicted) = tagged_digest(inputs, &transfers);
+    let mut warnings = warnings;
+    warnings.extend(mispredicted);
     let claim = claim_content_tag(
         &ctx.verifier,
         &svc.image,
-        &content_tag(&inputs.digest),
+        &content_tag(&tagged_for),
         &image,
         ctx.force,
     )
@@ -670,8 +683,65 @@ async fn build(
         warnings,
         cache_hits,
         transfers,
+        tagged_for: Some(tagged_for),
         elapsed: started.elapsed(),
     }
+}
+
+/// Which digest the image of a build may be tagged for: the input digest when every transfer of the main context
+/// asked for exactly the paths predicted from the Dockerfile, else the whole context's (with a warning naming what
+/// BuildKit asked for). A misprediction costs a rebuild under the narrower digest, never a wrong skip.
+fn tagged_digest(
+    inputs: &ServiceInputs,
+    transfers: &[TransferSummary],
+) -> (Digest, Option<String>) {
+    let Some(prediction) = &inputs.prediction else {
+        return (inputs.digest, None);
+    };
+    if inputs.digest == inputs.context_digest {
+        return (inputs.digest, None);
+    }
+    // The frontend's own `.dockerignore` fetch is not a read of the build's.
+    let main: Vec<&TransferSummary> = transfers
+        .iter()
+        .filter(|t| t.local == LOCAL_CONTEXT)
+        .filter(|t| {
+            !(t.followpaths == [".dockerignore"] && t.include.is_empty() && t.exclude.is_empty())
+        })
+        .collect();
+    let asked: Option<&[String]> = main.first().map(|t| t.followpaths.as_slice());
+    if main.len() <= 1 && prediction.agrees_with(asked) {
+        return (inputs.digest, None);
+    }
+    let predicted = prediction.followpaths().unwrap_or_default();
+    let beyond: Vec<String> = match asked {
+        None => Vec::new(),
+        Some([]) => vec!["the whole context".to_owned()],
+        Some(paths) => paths
+            .iter()
+            .filter(|p| !predicted.contains(p))
+            .map(|p| format!("`{p}`"))
+            .collect(),
+    };
+    let what = if beyond.is_empty() {
+        format!(
+            "other context paths ({}) than the Dockerfile shows ({})",
+            asked
+                .map(|a| a.join(", "))
+                .unwrap_or_else(|| "none".to_owned()),
+            predicted.join(", ")
+        )
+    } else {
+        format!("{}, which the Dockerfile does not show", beyond.join(", "))
+    };
+    (
+        inputs.context_digest,
+        Some(format!(
+            "BuildKit asked for {what} (an ONBUILD of a base image, a frontend feature buildopt does not know?); the image is tagged for the whole context ({}) instead of for inputs {}, so a change of any file in the context rebuilds it",
+            inputs.context_digest.short(),
+            inputs.digest.short()
+        )),
+    )
 }
 
 /// What a successful solve produced.

@@ -1,11 +1,12 @@
-//! `buildopt hash`: input digests, or the exact context entry list of one service.
+//! `buildopt hash`: input digests, or the entries one service's digest covers (the context paths its Dockerfile
+//! reads, or with `--context` the whole context after `.dockerignore`), in the order the session sends them.
 
 use std::io::Write;
 
 use super::{Context as _, Error, ExitStatus, hash_all, select};
 use crate::cli::args::HashArgs;
 use crate::config::Workspace;
-use crate::hash::select_context;
+use crate::hash::listed_entries;
 use crate::printer::Printer;
 
 pub(super) fn run(ws: &Workspace, args: &HashArgs, printer: Printer) -> Result<ExitStatus, Error> {
@@ -14,7 +15,7 @@ pub(super) fn run(ws: &Workspace, args: &HashArgs, printer: Printer) -> Result<E
             .into_iter()
             .find(|s| &s.name == name)
             .expect("select returns the named service");
-        let (_, entries) = select_context(svc, &super::own_dirs(ws))
+        let (entries, _) = listed_entries(svc, &super::own_dirs(ws), args.context)
             .with_context(|| format!("listing service `{name}`"))?;
         let mut out = printer.stdout();
         for e in &entries {

@@ -164,9 +164,10 @@ fn plan_explains_decisions() {
             "buildopt.toml",
             "[services.base]\ncontext = \"base\"\n\n[services.api]\ncontext = \"api\"\ndepends_on = [\"base\"]\n\n[services.web]\ncontext = \"web\"\n",
         )
-        .file("base/Dockerfile", "FROM scratch\n")
-        .file("api/Dockerfile", "FROM scratch\n")
+        .file("base/Dockerfile", "FROM scratch\nCOPY . /\n")
+        .file("api/Dockerfile", "FROM scratch AS build\nCOPY src /src\n")
         .file("api/src/main.rs", "")
+        .file("api/README.md", "")
         .file("web/Dockerfile", "FROM scratch\n");
     let plan = |t: &Tree| {
         let out = t.cmd().arg("plan").output().unwrap();
@@ -194,15 +195,18 @@ fn plan_explains_decisions() {
     api [DIGEST] skip: inputs unchanged since the last local build
     web [DIGEST] skip: inputs unchanged since the last local build
     ");
+    // A file only the context holds (the build does not read it) is no reason to build.
+    std::fs::write(t.join("api/README.md"), "edited").unwrap();
+    insta::assert_snapshot!(plan(&t).lines().nth(1).unwrap(), @"api [DIGEST] skip: the inputs the build reads are those of the last local build; README.md changed; the build does not read it");
     let t = t
         .file("base/new.txt", "x")
         .file("api/src/main.rs", "fn main() {}")
         .file("api/src/extra.rs", "")
         .file("web/Dockerfile", "FROM scratch\nLABEL x=y\n");
     insta::assert_snapshot!(plan(&t), @r"
-    base [DIGEST] build: 1 file changed: new.txt
-    api [DIGEST] build: 2 files changed: src/extra.rs, src/main.rs; dependency `base` changed
-    web [DIGEST] build: 1 file changed: Dockerfile; Dockerfile changed
+    base [DIGEST] build: new.txt changed; read by COPY . / in stage stage-0 (line 2)
+    api [DIGEST] build: README.md changed; the build does not read it; src/extra.rs changed; read by COPY src /src in stage build (line 2); src/main.rs changed; read by COPY src /src in stage build (line 2); dependency `base` changed
+    web [DIGEST] build: Dockerfile changed
     ");
 
     let out = t.cmd().args(["plan", "--json", "web"]).output().unwrap();

@@ -226,7 +226,11 @@ fn names_that_need_it_are_listed_quoted() {
     for name in [&b"caf\xe9.txt"[..], b"new\nline", b"tab\there"] {
         std::fs::write(t.join("app").join(std::ffi::OsStr::from_bytes(name)), "x").unwrap();
     }
-    let out = t.cmd().args(["hash", "--list", "app"]).output().unwrap();
+    let out = t
+        .cmd()
+        .args(["hash", "--list", "app", "--context"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     // Valid UTF-8 stays raw; a control byte, `"`, `\` or invalid UTF-8 makes the line a quoted string.
     insta::assert_snapshot!(String::from_utf8(out.stdout).unwrap(), @r#"
@@ -313,29 +317,40 @@ fn own_cache_dir_is_never_part_of_the_context() {
 #[test]
 fn example_repository_contexts_match_their_golden_lists() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shop");
-    for service in ["backend", "frontend"] {
-        let out = assert_cmd::Command::cargo_bin("buildopt")
-            .unwrap()
-            .arg("--config")
-            .arg(root.join("buildopt.toml"))
-            .args(["hash", "--list", service])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut files: Vec<String> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.ends_with('/'))
-            .map(str::to_owned)
-            .collect();
-        files.sort();
-        let expected =
-            std::fs::read_to_string(root.join(format!("expected-context/{service}.txt"))).unwrap();
-        assert_eq!(files, expected.lines().collect::<Vec<_>>(), "{service}");
+    // The whole context after `.dockerignore`, and the part of it the Dockerfile reads (the input digest's).
+    for (flags, golden) in [
+        (&["--context"][..], "expected-context"),
+        (&[][..], "expected-read"),
+    ] {
+        for service in ["backend", "frontend"] {
+            let out = assert_cmd::Command::cargo_bin("buildopt")
+                .unwrap()
+                .arg("--config")
+                .arg(root.join("buildopt.toml"))
+                .args(["hash", "--list", service])
+                .args(flags)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut files: Vec<String> = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.ends_with('/'))
+                .map(str::to_owned)
+                .collect();
+            files.sort();
+            let expected =
+                std::fs::read_to_string(root.join(format!("{golden}/{service}.txt"))).unwrap();
+            assert_eq!(
+                files,
+                expected.lines().collect::<Vec<_>>(),
+                "{golden} {service}"
+            );
+        }
     }
 }
 

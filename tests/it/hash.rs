@@ -126,7 +126,7 @@ fn dependency_digest_feeds_dependents() {
             "buildopt.toml",
             "[services.base]\ncontext = \"base\"\n\n[services.app]\ncontext = \"app\"\ndepends_on = [\"base\"]\n\n[services.other]\ncontext = \"other\"\n",
         )
-        .file("base/Dockerfile", "FROM scratch\n")
+        .file("base/Dockerfile", "FROM scratch\nCOPY . /\n")
         .file("app/Dockerfile", "FROM scratch\n")
         .file("other/Dockerfile", "FROM scratch\n");
     let (app, other) = (t.digest("app"), t.digest("other"));

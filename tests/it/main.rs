@@ -15,6 +15,8 @@ mod differential;
 mod hash;
 /// The registry as the source of truth, tags, ECR via moto, bad input.
 mod pipeline;
+/// Precise inputs: only what the Dockerfile reads is an input; mispredictions tag for the whole context.
+mod precise;
 /// The Dockerfile reader's context-path predictions against what both real daemons ask for (the corpus).
 mod predict;
 /// Never a wrong skip, never a false report: races, faults (through loopback proxies) and odd input.

@@ -64,7 +64,9 @@ fn a_change_rebuilds_the_service_and_its_dependents_only() {
     let plan = t.run_ok(&["plan"]);
     assert!(plan.contains("build: no image for inputs"), "{plan}");
     assert!(
-        plan.contains("since the last local build: 1 file changed: base.txt"),
+        plan.contains(
+            "since the last local build: base.txt changed; read by COPY base.txt / in stage stage-0 (line 2)"
+        ),
         "{plan}"
     );
     assert!(plan.contains("dependency `base` changed"), "{plan}");

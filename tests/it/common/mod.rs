@@ -104,8 +104,14 @@ impl Tree {
         out
     }
 
-    /// `buildopt hash --list SERVICE`, one entry per line (lossy UTF-8).
+    /// `buildopt hash --list SERVICE --context`: the whole context after `.dockerignore`, one entry per line (lossy
+    /// UTF-8).
     pub fn list(&self, service: &str) -> String {
+        self.run_ok(&["hash", "--list", service, "--context"])
+    }
+
+    /// `buildopt hash --list SERVICE`: the entries the input digest covers (what the Dockerfile reads).
+    pub fn list_read(&self, service: &str) -> String {
         self.run_ok(&["hash", "--list", service])
     }
 
