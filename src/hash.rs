@@ -97,7 +97,8 @@ impl Fields {
 }
 
 /// Which part of the context a service's digest covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "covers", rename_all = "lowercase")]
 pub enum Reads {
     /// The whole context after `.dockerignore`, and why (`inputs = "context"`, `COPY . .`, a fallback).
     Context {

@@ -51,6 +51,8 @@ pub(crate) struct ServicePlan {
     /// What changed since the last local build, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) changes: Option<Changes>,
+    /// What the input digest covers.
+    pub(crate) reads: Reads,
 }
 
 /// What the registry holds for one service's inputs.
@@ -197,6 +199,7 @@ pub(crate) fn decide(
         decision,
         reason,
         changes,
+        reads: inputs.reads.clone(),
     }
 }
 

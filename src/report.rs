@@ -72,6 +72,8 @@ pub(crate) struct ServiceReport {
     /// What changed since the last local build, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) changes: Option<Changes>,
+    /// What the input digest covers: the whole context (and why), the paths the Dockerfile reads, or nothing.
+    pub(crate) inputs: crate::hash::Reads,
     /// How it ended.
     pub(crate) status: Status,
     /// The image (manifest or index digest) the requested tags are meant to point at.
@@ -166,6 +168,7 @@ impl ServiceReport {
             decision,
             reason: plan.reason.clone(),
             changes: plan.changes.clone(),
+            inputs: plan.reads.clone(),
             status: Status::Planned,
             image,
             repository,
@@ -381,6 +384,7 @@ impl BuildReport {
                 "buildopt.decision": s.status.word(),
                 "buildopt.reason": s.reason,
                 "buildopt.input-digest": s.digest.to_string(),
+                "buildopt.inputs": s.inputs,
                 "buildopt.content-tag": s.content_tag,
                 "buildopt.tags": s.tags,
                 "buildopt.adopted": s.adopted,
