@@ -712,6 +712,8 @@ mod tests {
             image: "app".into(),
             tags: vec!["latest".into()],
             cache_tag: "cache".into(),
+            cache_mode: crate::config::CacheMode::Max,
+            cache_from: vec!["cache".into()],
             target: None,
             build_args: BTreeMap::new(),
             platforms: Vec::new(),

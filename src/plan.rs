@@ -53,6 +53,9 @@ pub(crate) struct ServicePlan {
     pub(crate) changes: Option<Changes>,
     /// What the input digest covers.
     pub(crate) reads: Reads,
+    /// Whether a skipped service still needs a cache-only solve because the registry lacks its cache ref.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) export_cache: bool,
 }
 
 /// What the registry holds for one service's inputs.
@@ -125,6 +128,7 @@ pub(crate) fn decide(
         .map(|c| format!("; since the last local build: {}", explain(c, svc, inputs)))
         .unwrap_or_default();
     let short = inputs.digest.short();
+    let mut export_cache = false;
     let skip = |digest: &String, what: String| {
         (
             Decision::Skip {
@@ -136,13 +140,14 @@ pub(crate) fn decide(
     let (decision, reason) = match (force, remote) {
         (true, _) => (Decision::Build, "--force".to_owned()),
         (false, Some(remote)) => match (&remote.image, &remote.context_image) {
-            (Found::Usable { .. }, _) | (_, Some(Found::Usable { .. }))
+            (Found::Usable { digest }, _) | (_, Some(Found::Usable { digest }))
                 if remote.cache == Some(false) =>
             {
-                (
-                    Decision::Build,
+                export_cache = true;
+                skip(
+                    digest,
                     format!(
-                        "image for inputs {short} exists but the registry cache `{}` is missing (was its last export refused?); building exports it",
+                        "image for inputs {short} exists, but its registry cache `{}` does not (was its last export refused?): the cache is exported without rebuilding the image",
                         svc.cache_tag
                     ),
                 )
@@ -200,6 +205,7 @@ pub(crate) fn decide(
         reason,
         changes,
         reads: inputs.reads.clone(),
+        export_cache,
     }
 }
 

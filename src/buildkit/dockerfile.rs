@@ -45,10 +45,13 @@ pub(crate) struct DockerfileSolve<'a> {
     pub(crate) registry: &'a Registry,
     /// Push the image (by digest) instead of keeping it in the daemon.
     pub(crate) push: bool,
-    /// Export the registry cache under the service's cache tag.
+    /// Export the registry cache under the service's cache tag (with its mode).
     pub(crate) cache_export: bool,
-    /// Import the registry cache (only when it exists: a missing one shows as a failed step).
-    pub(crate) cache_import: bool,
+    /// Registry caches to import, as whole references (only those that exist: a missing one shows as a failed
+    /// step).
+    pub(crate) cache_imports: &'a [String],
+    /// Produce the image (false: only the cache export, for an image that exists but whose cache does not).
+    pub(crate) image: bool,
     /// RUN steps' network.
     pub(crate) network: NetworkMode,
     /// The dependencies and the image digest each resolved to in this run.
@@ -140,7 +143,7 @@ impl DockerfileSolve<'_> {
         if self.cache_export && self.push {
             let mut attrs: BTreeMap<String, String> = [
                 ("ref", cache_ref.as_str()),
-                ("mode", "max"),
+                ("mode", svc.cache_mode.as_str()),
                 // ECR (and BuildKit < v0.21's default) need the image-manifest form.
                 ("image-manifest", "true"),
                 ("oci-mediatypes", "true"),
@@ -156,23 +159,30 @@ impl DockerfileSolve<'_> {
                 attrs,
             });
         }
-        let mut cache_imports = Vec::new();
-        if self.cache_import {
-            let mut attrs: BTreeMap<String, String> = [("ref".to_owned(), cache_ref)].into();
-            attrs.extend(insecure);
-            cache_imports.push(CacheEntry {
-                kind: "registry".to_owned(),
-                attrs,
-            });
-        }
+        let cache_imports = self
+            .cache_imports
+            .iter()
+            .map(|r| {
+                let mut attrs: BTreeMap<String, String> = [("ref".to_owned(), r.clone())].into();
+                attrs.extend(insecure.clone());
+                CacheEntry {
+                    kind: "registry".to_owned(),
+                    attrs,
+                }
+            })
+            .collect();
         SolveSpec {
             reference,
             frontend: FRONTEND.to_owned(),
             frontend_attrs: attrs,
-            exporters: vec![ExporterSpec {
-                kind: "image".to_owned(),
-                attrs: exporter,
-            }],
+            exporters: if self.image {
+                vec![ExporterSpec {
+                    kind: "image".to_owned(),
+                    attrs: exporter,
+                }]
+            } else {
+                Vec::new()
+            },
             cache_exports,
             cache_imports,
             entitlements,

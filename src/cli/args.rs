@@ -34,6 +34,17 @@ pub struct GlobalArgs {
     /// How to show build progress.
     #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+    /// Override a service key as bake does: SERVICE.KEY=VALUE, '*.KEY=VALUE' for every service, or
+    /// SERVICE.build_args.NAME=VALUE; lists (tags, platforms, cache_from, depends_on) are comma-separated. Repeatable;
+    /// checked like the file [env: BUILDOPT_SET, `;`-separated].
+    #[arg(
+        long = "set",
+        global = true,
+        value_name = "SERVICE.KEY=VALUE",
+        env = "BUILDOPT_SET",
+        value_delimiter = ';'
+    )]
+    pub sets: Vec<String>,
 }
 
 /// The commands.
@@ -105,18 +116,35 @@ pub struct BuildArgs {
     /// The daemon.
     #[command(flatten)]
     pub daemon: DaemonArgs,
+    /// An extra tag for every selected service (repeatable), e.g. the commit: --tag "$GITHUB_SHA"
+    /// [env: BUILDOPT_TAG, comma-separated].
+    #[arg(
+        long = "tag",
+        value_name = "TAG",
+        env = "BUILDOPT_TAG",
+        value_delimiter = ','
+    )]
+    pub tags: Vec<String>,
     /// Push images to the registry.
     #[arg(long, overrides_with = "no_push")]
     pub push: bool,
     /// Do not push (the image stays in the daemon's store).
     #[arg(long, overrides_with = "push")]
     pub no_push: bool,
-    /// Export the build cache.
-    #[arg(long, value_enum, default_value_t = CacheMode::None)]
-    pub cache_to: CacheMode,
-    /// Import the build cache.
+    /// Export the build cache to the registry under each service's `cache_to` tag (when pushing), or not.
     #[arg(long, value_enum, default_value_t = CacheMode::Registry)]
-    pub cache_from: CacheMode,
+    pub cache_to: CacheMode,
+    /// Import caches: `registry` (each service's `cache_from`, default its cache tag), `none`, or a cache to try
+    /// first (a tag in each service's repository, e.g. `cache-main`, or a whole reference); repeatable; all that
+    /// exist are imported [env: BUILDOPT_CACHE_FROM, comma-separated].
+    #[arg(
+        long,
+        value_name = "registry|none|REF",
+        default_value = "registry",
+        env = "BUILDOPT_CACHE_FROM",
+        value_delimiter = ','
+    )]
+    pub cache_from: Vec<String>,
     /// Network for RUN steps [default: `[buildkit] network` in the config, else the daemon's default].
     #[arg(long, value_enum)]
     pub network: Option<NetworkMode>,
@@ -163,8 +191,8 @@ pub struct PlanArgs {
     /// Decide from the local state only, without asking the registry.
     #[arg(long)]
     pub local: bool,
-    /// Whether the registry cache must exist too for a skip (as with `build --cache-to registry`).
-    #[arg(long, value_enum, default_value_t = CacheMode::None)]
+    /// Whether the registry cache must exist too for a skip (as `build` exports it by default).
+    #[arg(long, value_enum, default_value_t = CacheMode::Registry)]
     pub cache_to: CacheMode,
     /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS's].
     #[arg(long, value_name = "URL")]

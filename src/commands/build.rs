@@ -120,10 +120,11 @@ enum Outcome {
         tagged_for: Option<Digest>,
         elapsed: Duration,
     },
-    /// Its image existed; its tags were pointed at it.
+    /// Its image existed; its tags were pointed at it (and its missing registry cache exported, when asked).
     Skipped {
         image: String,
         tags: Vec<TagMove>,
+        warnings: Vec<String>,
         elapsed: Duration,
     },
     /// Failed; `image` is the image it was tagging when that failed.
@@ -160,7 +161,7 @@ struct RunContext {
     push: bool,
     force: bool,
     cache_to: bool,
-    cache_from: bool,
+    cache_from: CacheImports,
     network: NetworkMode,
     keychain: Arc<dyn Keychain>,
     verifier: Verifier,
@@ -234,7 +235,7 @@ pub(super) fn run(
             push,
             force: args.force,
             cache_to: args.cache_to == CacheMode::Registry,
-            cache_from: args.cache_from == CacheMode::Registry,
+            cache_from: CacheImports::parse(&args.cache_from)?,
             network,
             keychain,
             verifier,
@@ -374,9 +375,11 @@ fn report_of(
                 Some(Outcome::Skipped {
                     image,
                     tags,
+                    warnings,
                     elapsed,
                 }) => {
                     report.set_tags(tags, back);
+                    report.warnings.clone_from(warnings);
                     report.status = if report.tags.iter().any(|t| t.state == "moved") {
                         Status::Promoted
                     } else {
@@ -467,7 +470,35 @@ async fn execute(
                 })
                 .collect();
             let Some(deps) = deps else { continue };
+            let export_cache = runs[i].plan.export_cache && ctx.cache_to && ctx.push;
             match &runs[i].plan.decision {
+                Decision::Skip { image } if export_cache && building < jobs => {
+                    started[i] = true;
+                    building += 1;
+                    let client = client
+                        .get_or_init(|| async {
+                            super::daemon::connect(daemon, Some(ws))
+                                .await
+                                .map_err(Arc::new)
+                        })
+                        .await
+                        .clone();
+                    let (ctx, run) = (ctx.clone(), &runs[i]);
+                    let (svc, inputs, image) =
+                        (run.service.clone(), run.inputs.clone(), image.clone());
+                    let sp = ctx.progress.service(&svc.name);
+                    let id = tasks
+                        .spawn(async move {
+                            let outcome = promote_and_export_cache(
+                                &ctx, client, &svc, &inputs, &deps, image, sp,
+                            )
+                            .await;
+                            (i, outcome)
+                        })
+                        .id();
+                    task_of.insert(id, i);
+                }
+                Decision::Skip { .. } if export_cache => {}
                 Decision::Skip { image } => {
                     started[i] = true;
                     let (ctx, svc, image) = (ctx.clone(), runs[i].service.clone(), image.clone());
@@ -536,7 +567,9 @@ async fn execute(
                 (i, outcome)
             }
         };
-        if matches!(runs[i].plan.decision, Decision::Build | Decision::Unchanged) {
+        if matches!(runs[i].plan.decision, Decision::Build | Decision::Unchanged)
+            || (runs[i].plan.export_cache && ctx.cache_to && ctx.push)
+        {
             building -= 1;
         }
         runs[i].outcome = Some(outcome);
@@ -558,6 +591,7 @@ async fn promote(ctx: &RunContext, svc: &Service, image: String) -> Outcome {
         return Outcome::Skipped {
             image,
             tags: Vec::new(),
+            warnings: Vec::new(),
             elapsed: started.elapsed(),
         };
     }
@@ -566,6 +600,7 @@ async fn promote(ctx: &RunContext, svc: &Service, image: String) -> Outcome {
         None => Outcome::Skipped {
             image,
             tags,
+            warnings: Vec::new(),
             elapsed: started.elapsed(),
         },
         Some(e) => Outcome::Failed {
@@ -575,6 +610,61 @@ async fn promote(ctx: &RunContext, svc: &Service, image: String) -> Outcome {
             transfers: Vec::new(),
             elapsed: Some(started.elapsed()),
         },
+    }
+}
+
+/// A skipped service whose registry cache is missing: its tags are pointed at its image, then the cache is exported
+/// by a solve that produces no image (BuildKit runs the steps it has no cache for, but nothing is pushed or tagged).
+/// A failed export is a warning: the skip itself is right either way.
+async fn promote_and_export_cache(
+    ctx: &RunContext,
+    client: Result<Client, Arc<super::daemon::ConnectFailure>>,
+    svc: &Service,
+    inputs: &ServiceInputs,
+    deps: &[(Service, String)],
+    image: String,
+    progress: ServiceProgress,
+) -> Outcome {
+    let outcome = promote(ctx, svc, image).await;
+    let Outcome::Skipped {
+        image,
+        tags,
+        mut warnings,
+        elapsed,
+    } = outcome
+    else {
+        return outcome;
+    };
+    let started = Instant::now();
+    let cache_ref = ctx.registry.reference(&svc.image, &svc.cache_tag);
+    let exported = match client {
+        Err(e) => Err(ServiceError::Connect(e)),
+        Ok(client) => {
+            solve(
+                ctx,
+                &client,
+                svc,
+                inputs,
+                deps,
+                SolveKind::CacheOnly,
+                progress,
+            )
+            .await
+            .0
+        }
+    };
+    match exported {
+        Ok(solved) => warnings.extend(solved.warnings),
+        Err(e) => warnings.push(format!(
+            "exporting the missing registry cache to {cache_ref} failed: {}; the image was skipped and tagged all the same",
+            one_line(&e)
+        )),
+    }
+    Outcome::Skipped {
+        image,
+        tags,
+        warnings,
+        elapsed: elapsed + started.elapsed(),
     }
 }
 
@@ -600,6 +690,69 @@ async fn move_requested_tags(
     .await
 }
 
+/// Which registry caches a run imports: `--cache-from` refs first, then (unless `none`) each service's `cache_from`.
+#[derive(Debug, Clone, Default)]
+struct CacheImports {
+    /// Import the services' own `cache_from`.
+    configured: bool,
+    /// Refs or tags given with `--cache-from`.
+    extra: Vec<String>,
+}
+
+impl CacheImports {
+    fn parse(values: &[String]) -> Result<CacheImports, Error> {
+        let mut imports = CacheImports::default();
+        for v in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            match v {
+                "none" if values.len() > 1 => {
+                    return Err(Error::usage(
+                        "--cache-from none imports nothing; do not combine it with other --cache-from values",
+                    ));
+                }
+                "none" => {}
+                "registry" => imports.configured = true,
+                other => {
+                    crate::config::validate_cache_ref(other)
+                        .map_err(|m| Error::usage(format!("--cache-from: {m}")))?;
+                    imports.extra.push(other.to_owned());
+                }
+            }
+        }
+        Ok(imports)
+    }
+
+    /// The caches of `svc` to import, as whole references: only those that exist (a missing one is normal on a
+    /// first build or a new branch, and BuildKit would report it as a failed step). Looked up in parallel.
+    async fn existing(
+        &self,
+        client: &crate::registry::RegistryClient,
+        svc: &Service,
+    ) -> Vec<String> {
+        let own: &[String] = if self.configured {
+            &svc.cache_from
+        } else {
+            &[]
+        };
+        let mut refs: Vec<String> = Vec::new();
+        for r in self.extra.iter().chain(own) {
+            let full = if r.contains('/') {
+                r.clone()
+            } else {
+                client.reference(&svc.image, r)
+            };
+            if !refs.contains(&full) {
+                refs.push(full);
+            }
+        }
+        let found = futures::future::join_all(refs.iter().map(|r| client.lookup(r))).await;
+        refs.into_iter()
+            .zip(found)
+            .filter(|(_, f)| matches!(f, Ok(Some(_))))
+            .map(|(r, _)| r)
+            .collect()
+    }
+}
+
 /// A stable key per machine and context, so the daemon can reuse the previous upload of this context.
 fn shared_key(svc: &Service) -> String {
     let machine = std::fs::read("/etc/machine-id").unwrap_or_default();
@@ -620,7 +773,8 @@ async fn build(
     progress: ServiceProgress,
 ) -> Outcome {
     let started = Instant::now();
-    let (built, transfers) = solve(ctx, client, svc, inputs, deps, progress).await;
+    let (built, transfers) =
+        solve(ctx, client, svc, inputs, deps, SolveKind::Image, progress).await;
     let failed = |error: ServiceError, image: Option<String>, tags: Vec<TagMove>| Outcome::Failed {
         error,
         image,
@@ -635,6 +789,9 @@ async fn build(
     } = match built {
         Ok(b) => b,
         Err(e) => return failed(e, None, Vec::new()),
+    };
+    let Some(image) = image else {
+        return failed(ServiceError::NoImage, None, Vec::new());
     };
     if !ctx.push {
         return Outcome::Built {
@@ -744,10 +901,19 @@ fn tagged_digest(
     )
 }
 
+/// What a solve is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SolveKind {
+    /// The image (and, when asked, the registry cache).
+    Image,
+    /// Only the registry cache, for an image that exists.
+    CacheOnly,
+}
+
 /// What a successful solve produced.
 struct Solved {
-    /// The pushed (or stored) image's digest.
-    image: String,
+    /// The pushed (or stored) image's digest (None for a cache-only solve).
+    image: Option<String>,
     /// (cached, completed) steps.
     cache_hits: (usize, usize),
     /// Problems that did not fail the build.
@@ -762,6 +928,7 @@ async fn solve(
     svc: &Service,
     inputs: &ServiceInputs,
     deps: &[(Service, String)],
+    kind: SolveKind,
     mut progress: ServiceProgress,
 ) -> (Result<Solved, ServiceError>, Vec<TransferSummary>) {
     let dockerfile_dir: PathBuf = svc
@@ -776,21 +943,14 @@ async fn solve(
     let session =
         Session::new(dirs, ctx.keychain.clone(), shared_key(svc)).hide_own(ctx.own.clone());
     let session_id = session.id().to_owned();
-    // Import the registry cache only when it exists: a missing one is normal on a first build, and BuildKit would
-    // report it as a failed step.
-    let cache_import = ctx.cache_from && {
-        let r = ctx.verifier.client();
-        matches!(
-            r.lookup(&r.reference(&svc.image, &svc.cache_tag)).await,
-            Ok(Some(_))
-        )
-    };
+    let cache_imports = ctx.cache_from.existing(ctx.verifier.client(), svc).await;
     let spec = DockerfileSolve {
         service: svc,
         registry: &ctx.registry,
         push: ctx.push,
         cache_export: ctx.cache_to,
-        cache_import,
+        cache_imports: &cache_imports,
+        image: kind == SolveKind::Image,
         network: ctx.network,
         deps,
     }
@@ -836,12 +996,19 @@ async fn solve(
         .map(|p| (p.state().cache_hits(), p.state().errors()))
         .unwrap_or_default();
     let checked = result.and_then(|outcome| {
-        let image = outcome
-            .image_digest()
-            .map(str::to_owned)
-            .ok_or(ServiceError::NoImage)?;
-        // Hashed = sent: the content tag is only for an image built from exactly the hashed inputs.
-        inputs.check_sent(svc, &session.transfers())?;
+        let image = match kind {
+            SolveKind::Image => {
+                let image = outcome
+                    .image_digest()
+                    .map(str::to_owned)
+                    .ok_or(ServiceError::NoImage)?;
+                // Hashed = sent: the content tag is only for an image built from exactly the hashed inputs.
+                inputs.check_sent(svc, &session.transfers())?;
+                Some(image)
+            }
+            // BuildKit keys its cache by content, so a cache exported from other files than hashed is still right.
+            SolveKind::CacheOnly => None,
+        };
         let mut warnings = Vec::new();
         if !spec.cache_exports.is_empty()
             && !outcome.exporter_response.contains_key(CACHE_MANIFEST)
@@ -851,10 +1018,15 @@ async fn solve(
                 .find(|(name, _)| name.contains("cache"))
                 .map(|(_, e)| e.split_whitespace().collect::<Vec<_>>().join(" "))
                 .unwrap_or_else(|| "BuildKit reported no cache manifest".to_owned());
-            warnings.push(format!(
-                "exporting the registry cache to {cache_ref} failed: {why}; the image was still pushed{}, and the next build with --cache-to registry will rebuild to export it",
-                if ctx.push { " and tagged" } else { "" }
-            ));
+            warnings.push(match kind {
+                SolveKind::Image => format!(
+                    "exporting the registry cache to {cache_ref} failed: {why}; the image was still pushed{}, and the next build will export it without rebuilding the image",
+                    if ctx.push { " and tagged" } else { "" }
+                ),
+                SolveKind::CacheOnly => format!(
+                    "exporting the missing registry cache to {cache_ref} failed: {why}; the image was skipped and tagged all the same"
+                ),
+            });
         }
         Ok((image, warnings))
     });

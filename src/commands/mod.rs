@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::auth::{DockerConfigKeychain, EnvKeychain, Keychain, MultiKeychain};
 use crate::cli::args::{Cli, Command};
-use crate::config::{ConfigError, Registry, Service, Workspace};
+use crate::config::{ConfigError, LoadOptions, Registry, Service, Workspace};
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
 use crate::hash::{ServiceInputs, hash_service};
@@ -125,26 +125,29 @@ impl<T, E: Into<Error>> Context<T> for Result<T, E> {
 /// Runs the parsed command line.
 pub fn run(cli: Cli, printer: Printer) -> Result<ExitStatus, Error> {
     let config = cli.global.config.as_ref();
+    let sets = &cli.global.sets;
     match &cli.command {
-        Command::Hash(args) => hash::run(&load_workspace(config)?, args, printer),
-        Command::Plan(args) => plan::run(&load_workspace(config)?, args, printer),
+        Command::Hash(args) => hash::run(&load_workspace(config, sets)?, args, printer),
+        Command::Plan(args) => plan::run(&load_workspace(config, sets)?, args, printer),
         Command::Build(args) => {
-            build::run(&load_workspace(config)?, args, printer, cli.global.progress)
+            let mut ws = load_workspace(config, sets)?;
+            ws.add_tags(&args.tags)?;
+            build::run(&ws, args, printer, cli.global.progress)
         }
         // The daemon commands work without a config; one is used for `[buildkit] addr` when present.
         Command::Doctor(args) => block_on(daemon::doctor(
             args,
-            optional_workspace(config)?.as_ref(),
+            optional_workspace(config, sets)?.as_ref(),
             printer,
         )),
         Command::Du(args) => block_on(daemon::du(
             args,
-            optional_workspace(config)?.as_ref(),
+            optional_workspace(config, sets)?.as_ref(),
             printer,
         )),
         Command::Prune(args) => block_on(daemon::prune(
             args,
-            optional_workspace(config)?.as_ref(),
+            optional_workspace(config, sets)?.as_ref(),
             printer,
         )),
     }
@@ -162,10 +165,17 @@ fn block_on<T>(fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> 
 }
 
 /// The workspace when one is given or found; none (not an error) when there is no config at all.
-fn optional_workspace(config: Option<&PathBuf>) -> Result<Option<Workspace>, Error> {
+fn optional_workspace(
+    config: Option<&PathBuf>,
+    sets: &[String],
+) -> Result<Option<Workspace>, Error> {
+    let options = LoadOptions {
+        sets,
+        ..LoadOptions::default()
+    };
     match config {
-        Some(path) => Ok(Some(Workspace::load(path)?)),
-        None => match Workspace::discover(&std::env::current_dir()?) {
+        Some(path) => Ok(Some(Workspace::load_with(path, &options)?)),
+        None => match Workspace::discover_with(&std::env::current_dir()?, &options) {
             Ok(ws) => Ok(Some(ws)),
             Err(ConfigError::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
@@ -173,10 +183,14 @@ fn optional_workspace(config: Option<&PathBuf>) -> Result<Option<Workspace>, Err
     }
 }
 
-fn load_workspace(config: Option<&PathBuf>) -> Result<Workspace, Error> {
+fn load_workspace(config: Option<&PathBuf>, sets: &[String]) -> Result<Workspace, Error> {
+    let options = LoadOptions {
+        sets,
+        ..LoadOptions::default()
+    };
     Ok(match config {
-        Some(path) => Workspace::load(path)?,
-        None => Workspace::discover(&std::env::current_dir()?)?,
+        Some(path) => Workspace::load_with(path, &options)?,
+        None => Workspace::discover_with(&std::env::current_dir()?, &options)?,
     })
 }
 

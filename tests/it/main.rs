@@ -5,6 +5,8 @@ mod common;
 
 /// Real builds through the real BuildKit into the real registry.
 mod buildkit;
+/// Made for CI: variables, overrides, branch caches, CI outputs.
+mod ci;
 /// CLI behaviour: config errors, exit codes, `plan`.
 mod cli;
 /// Context selection: Docker's `.dockerignore` semantics, golden entry lists.

@@ -1,6 +1,11 @@
 //! `buildopt.toml`: where it is found, its schema, and its validation into a [`Workspace`].
 //!
-//! Every error names the file, the line and the key, and says what to do. Nothing here panics on bad input.
+//! The file is parsed into a spanned TOML tree first; `--set` overrides are put into that tree and every string
+//! value is interpolated (`${VAR}`, see [`vars`]) before the tree is read into the schema and validated, so an
+//! overridden or interpolated value is checked like any other. Every error names the file, the line and the key
+//! (or the `--set` it came from), and says what to do. Nothing here panics on bad input.
+
+pub mod vars;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,6 +31,14 @@ pub enum ConfigError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// A `--set` or `--tag` override (or its `BUILDOPT_*` equivalent) is wrong.
+    #[error("{set}: {message}")]
+    Override {
+        /// The override as given, with its flag: "--set `app.tags=x`".
+        set: String,
+        /// What is wrong, and what to do.
+        message: String,
     },
     /// The file is read but wrong, at a known place.
     #[error("{}:{line}: {message}", path.display())]
@@ -109,6 +122,8 @@ struct ServiceToml {
     image: Option<Spanned<String>>,
     tags: Option<Vec<Spanned<String>>>,
     cache_tag: Option<Spanned<String>>,
+    cache_to: Option<Spanned<CacheToToml>>,
+    cache_from: Option<Vec<Spanned<String>>>,
     target: Option<String>,
     #[serde(default)]
     build_args: BTreeMap<String, String>,
@@ -121,6 +136,43 @@ struct ServiceToml {
     source_date_epoch: Option<Spanned<i64>>,
     #[serde(default)]
     inputs: Inputs,
+}
+
+/// `cache_to = "TAG"` or `cache_to = { tag = "TAG", mode = "min" | "max" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CacheToToml {
+    Tag(String),
+    Table(CacheToTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheToTable {
+    tag: Option<String>,
+    mode: Option<CacheMode>,
+}
+
+/// Which layers the registry cache keeps: `max` every intermediate step (bigger, more hits), `min` only the
+/// result's layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// Only the layers of the image.
+    Min,
+    /// Every intermediate step too.
+    #[default]
+    Max,
+}
+
+impl CacheMode {
+    /// `min` or `max`, as BuildKit's `mode` attribute takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::Min => "min",
+            CacheMode::Max => "max",
+        }
+    }
 }
 
 /// `inputs = "dockerfile" | "context"`: what a service's input digest covers.
@@ -197,8 +249,13 @@ pub struct Service {
     pub image: String,
     /// Tags to point at the built image.
     pub tags: Vec<String>,
-    /// Tag of the registry build cache.
+    /// Tag of the registry build cache this service exports (`cache_to`; also read first, by default).
     pub cache_tag: String,
+    /// Which layers the exported cache keeps.
+    pub cache_mode: CacheMode,
+    /// Caches to import, in order (tags in the service's repository, or whole references); all that exist are
+    /// used. Default: the cache tag.
+    pub cache_from: Vec<String>,
     /// Stage to build.
     pub target: Option<String>,
     /// `ARG` values.
@@ -232,13 +289,38 @@ pub struct Workspace {
     pub services: Vec<Service>,
 }
 
+/// How a config is read: the `--set` overrides to apply, and where variables get their values.
+pub struct LoadOptions<'a> {
+    /// `SERVICE.KEY=VALUE`, `*.KEY=VALUE`, `SERVICE.MAPKEY.NAME=VALUE`, in order (a later one wins).
+    pub sets: &'a [String],
+    /// A variable's value (the process environment, normally).
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions {
+            sets: &[],
+            env: &|name| std::env::var(name).ok(),
+        }
+    }
+}
+
 impl Workspace {
     /// Finds `buildopt.toml` in `start` or a parent directory.
     pub fn discover(start: &Path) -> Result<Workspace, ConfigError> {
+        Workspace::discover_with(start, &LoadOptions::default())
+    }
+
+    /// [`Workspace::discover`] with overrides.
+    pub fn discover_with(
+        start: &Path,
+        options: &LoadOptions<'_>,
+    ) -> Result<Workspace, ConfigError> {
         for dir in start.ancestors() {
             let candidate = dir.join(CONFIG_FILE);
             if candidate.is_file() {
-                return Workspace::load(&candidate);
+                return Workspace::load_with(&candidate, options);
             }
         }
         Err(ConfigError::NotFound(start.to_owned()))
@@ -246,6 +328,11 @@ impl Workspace {
 
     /// Loads and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Workspace, ConfigError> {
+        Workspace::load_with(path, &LoadOptions::default())
+    }
+
+    /// [`Workspace::load`] with overrides.
+    pub fn load_with(path: &Path, options: &LoadOptions<'_>) -> Result<Workspace, ConfigError> {
         let text = fs_err::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -255,16 +342,53 @@ impl Workspace {
             source,
         })?;
         let root = abs.parent().map(Path::to_owned).unwrap_or_default();
-        Workspace::parse(&text, &abs, &root)
+        Workspace::parse_with(&text, &abs, &root, options)
     }
 
     /// Parses config `text` as if it were the file `path` in directory `root`.
     pub fn parse(text: &str, path: &Path, root: &Path) -> Result<Workspace, ConfigError> {
-        let at = Locator { text, path };
-        let file: FileConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(1, |s| at.line(s.start));
-            at.err_line(line, e.message().trim_end().to_owned())
-        })?;
+        Workspace::parse_with(text, path, root, &LoadOptions::default())
+    }
+
+    /// [`Workspace::parse`] with overrides.
+    pub fn parse_with(
+        text: &str,
+        path: &Path,
+        root: &Path,
+        options: &LoadOptions<'_>,
+    ) -> Result<Workspace, ConfigError> {
+        use serde::de::IntoDeserializer as _;
+        // The overrides are placed after the file's text as comments (TOML ignores them), so that values made from
+        // them can borrow from the parsed text and an error in one names the `--set`.
+        let mut located = text.to_owned();
+        let mut set_spans = Vec::new();
+        for set in options.sets {
+            located.push_str("\n# ");
+            let start = located.len();
+            located.push_str(&set.replace(['\n', '\r'], " "));
+            set_spans.push((start..located.len(), set.clone()));
+        }
+        let at = Locator {
+            text: &located,
+            file_len: text.len(),
+            sets: &set_spans,
+            path,
+        };
+        let toml_error = |e: toml::de::Error| match e.span() {
+            Some(s) => at.err(s, e.message().trim_end().to_owned()),
+            None => at.err_line(1, e.message().trim_end().to_owned()),
+        };
+        let mut table = toml::de::DeTable::parse(&located).map_err(toml_error)?;
+        for (span, set) in &set_spans {
+            apply_set(table.get_mut(), &located[span.clone()], span.clone()).map_err(
+                |message| ConfigError::Override {
+                    set: format!("--set `{set}`"),
+                    message,
+                },
+            )?;
+        }
+        interpolate_table(table.get_mut(), "", options.env, &at)?;
+        let file = FileConfig::deserialize(table.into_deserializer()).map_err(toml_error)?;
 
         let registry = match file.registry {
             None => None,
@@ -350,6 +474,8 @@ impl Workspace {
                     name.clone()
                 }
             };
+            // No `tags` key: `latest`. `tags = []`: the content tag only (ECR repositories with immutable tags).
+            let default_tags = svc.tags.is_none();
             let mut tags: Vec<String> = Vec::new();
             for t in svc.tags.unwrap_or_default() {
                 validate_requested_tag(t.get_ref())
@@ -366,36 +492,76 @@ impl Workspace {
                 }
                 tags.push(t.into_inner());
             }
-            if tags.is_empty() {
+            if default_tags {
                 tags.push("latest".to_owned());
             }
-            let cache_tag = match svc.cache_tag {
-                Some(t) => {
-                    validate_requested_tag(t.get_ref())
-                        .map_err(|m| at.err(t.span(), format!("{}: {m}", key("cache_tag"))))?;
-                    if tags.contains(t.get_ref()) {
+            let (cache_tag, cache_mode) = match (svc.cache_tag, svc.cache_to) {
+                (Some(_), Some(to)) => {
+                    return Err(at.err(
+                        to.span(),
+                        format!(
+                            "{} and {} both name the cache; keep `cache_to`",
+                            key("cache_tag"),
+                            key("cache_to")
+                        ),
+                    ));
+                }
+                (Some(t), None) => {
+                    let span = t.span();
+                    (
+                        Some((t.into_inner(), span, "cache_tag")),
+                        CacheMode::default(),
+                    )
+                }
+                (None, Some(to)) => {
+                    let span = to.span();
+                    match to.into_inner() {
+                        CacheToToml::Tag(t) => (Some((t, span, "cache_to")), CacheMode::default()),
+                        CacheToToml::Table(t) => (
+                            t.tag.map(|t| (t, span, "cache_to")),
+                            t.mode.unwrap_or_default(),
+                        ),
+                    }
+                }
+                (None, None) => (None, CacheMode::default()),
+            };
+            let cache_tag = match cache_tag {
+                Some((t, t_span, named_by)) => {
+                    validate_requested_tag(&t)
+                        .map_err(|m| at.err(t_span.clone(), format!("{}: {m}", key(named_by))))?;
+                    if tags.contains(&t) {
                         return Err(at.err(
-                            t.span(),
+                            t_span,
                             format!(
-                                "{}: `{}` is also a requested tag: the cache would overwrite the image (or the image the cache); use another tag",
-                                key("cache_tag"),
-                                t.get_ref()
+                                "{}: `{t}` is also a requested tag: the cache would overwrite the image (or the image the cache); use another tag",
+                                key(named_by),
                             ),
                         ));
                     }
-                    t.into_inner()
+                    t
                 }
                 None if tags.iter().any(|t| t == "cache") => {
                     return Err(at.err(
                         span,
                         format!(
                             "service `{name}`: `cache` is a requested tag and the default cache tag; set {} to another tag",
-                            key("cache_tag")
+                            key("cache_to")
                         ),
                     ));
                 }
                 None => "cache".to_owned(),
             };
+            let mut cache_from = Vec::new();
+            for c in svc.cache_from.unwrap_or_default() {
+                validate_cache_ref(c.get_ref())
+                    .map_err(|m| at.err(c.span(), format!("{}: {m}", key("cache_from"))))?;
+                if !cache_from.contains(c.get_ref()) {
+                    cache_from.push(c.into_inner());
+                }
+            }
+            if cache_from.is_empty() {
+                cache_from.push(cache_tag.clone());
+            }
             let mut platforms: Vec<String> = Vec::new();
             for p in svc.platforms {
                 validate_platform(p.get_ref())
@@ -454,6 +620,8 @@ impl Workspace {
                     image,
                     tags,
                     cache_tag,
+                    cache_mode,
+                    cache_from,
                     target: svc.target,
                     build_args: svc.build_args,
                     platforms,
@@ -499,6 +667,33 @@ impl Workspace {
         })
     }
 
+    /// Adds `extra` (`--tag`) to the requested tags of every service, checked like the file's.
+    pub fn add_tags(&mut self, extra: &[String]) -> Result<(), ConfigError> {
+        for tag in extra {
+            validate_requested_tag(tag).map_err(|message| ConfigError::Override {
+                set: format!("--tag `{tag}`"),
+                message,
+            })?;
+        }
+        for svc in &mut self.services {
+            for tag in extra {
+                if *tag == svc.cache_tag {
+                    return Err(ConfigError::Override {
+                        set: format!("--tag `{tag}`"),
+                        message: format!(
+                            "`{tag}` is the cache tag of service `{}`; use another tag",
+                            svc.name
+                        ),
+                    });
+                }
+                if !svc.tags.contains(tag) {
+                    svc.tags.push(tag.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Looks a service up by name.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
@@ -536,7 +731,12 @@ impl Workspace {
 }
 
 struct Locator<'a> {
+    /// The file's text, then each `--set` on a line of its own.
     text: &'a str,
+    /// Where the file's text ends in `text`.
+    file_len: usize,
+    /// The span of each `--set` in `text`.
+    sets: &'a [(std::ops::Range<usize>, String)],
     path: &'a Path,
 }
 
@@ -551,6 +751,14 @@ impl Locator<'_> {
     }
 
     fn err(&self, span: std::ops::Range<usize>, message: String) -> ConfigError {
+        if span.start >= self.file_len
+            && let Some((_, set)) = self.sets.iter().find(|(s, _)| s.contains(&span.start))
+        {
+            return ConfigError::Override {
+                set: format!("--set `{set}`"),
+                message,
+            };
+        }
         self.err_line(self.line(span.start), message)
     }
 
@@ -561,6 +769,158 @@ impl Locator<'_> {
             message,
         }
     }
+}
+
+/// Keys whose `--set` value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["tags", "platforms", "depends_on", "cache_from"];
+/// Keys whose `--set` value is an integer.
+const INTEGER_KEYS: &[&str] = &["source_date_epoch"];
+/// Keys that are tables of strings: `--set SERVICE.build_args.NAME=VALUE`.
+const MAP_KEYS: &[&str] = &["build_args", "labels"];
+
+/// Puts one `--set` into the parsed file, as bake does: `SERVICE.KEY=VALUE` (or `*` for every service) replaces
+/// the key; `SERVICE.build_args.NAME=VALUE` sets one entry of a table key. Values carry `span` (the `--set`'s own
+/// place), so that validation errors name it.
+fn apply_set<'i>(
+    table: &mut toml::de::DeTable<'i>,
+    set: &'i str,
+    span: std::ops::Range<usize>,
+) -> Result<(), String> {
+    use std::borrow::Cow;
+    use toml::de::{DeArray, DeValue};
+    let shape = "expected SERVICE.KEY=VALUE, `*.KEY=VALUE` or SERVICE.build_args.NAME=VALUE";
+    let (lhs, value) = set.split_once('=').ok_or_else(|| shape.to_owned())?;
+    let mut parts = lhs.splitn(3, '.');
+    let (Some(service), Some(key)) = (parts.next(), parts.next()) else {
+        return Err(shape.to_owned());
+    };
+    let sub = parts.next();
+    let spanned = |v: DeValue<'i>| Spanned::new(span.clone(), v);
+    let string = |s: &str| spanned(DeValue::String(Cow::Owned(s.to_owned())));
+    let new_value = if LIST_KEYS.contains(&key) && sub.is_none() {
+        let mut items = DeArray::new();
+        for item in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+            items.push(string(item));
+        }
+        spanned(DeValue::Array(items))
+    } else if INTEGER_KEYS.contains(&key) && sub.is_none() {
+        let n = value.trim();
+        if n.parse::<i64>().is_err() {
+            return Err(format!("`{key}` takes an integer, not `{value}`"));
+        }
+        let parsed = DeValue::parse(n).map_err(|e| e.to_string())?;
+        spanned(parsed.into_inner())
+    } else {
+        string(value)
+    };
+    if sub.is_some() && !MAP_KEYS.contains(&key) {
+        return Err(format!(
+            "`{key}` is not a table; a dotted name is only for {}",
+            MAP_KEYS.join(" and ")
+        ));
+    }
+    if MAP_KEYS.contains(&key) && sub.is_none() {
+        return Err(format!(
+            "set one entry of `{key}`: {service}.{key}.NAME=VALUE"
+        ));
+    }
+    let Some(services) = table
+        .iter_mut()
+        .find(|(k, _)| k.get_ref() == "services")
+        .and_then(|(_, v)| match v.get_mut() {
+            DeValue::Table(t) => Some(t),
+            _ => None,
+        })
+    else {
+        return Err("the config has no [services]".to_owned());
+    };
+    let mut matched = false;
+    for (name, svc) in services.iter_mut() {
+        if service != "*" && name.get_ref() != service {
+            continue;
+        }
+        matched = true;
+        let DeValue::Table(svc) = svc.get_mut() else {
+            continue;
+        };
+        match sub {
+            None => {
+                svc.insert(
+                    Spanned::new(span.clone(), Cow::Owned(key.to_owned())),
+                    new_value.clone(),
+                );
+            }
+            Some(entry) => {
+                let map = match svc.iter_mut().find(|(k, _)| k.get_ref() == key) {
+                    Some((_, v)) => v,
+                    None => {
+                        svc.insert(
+                            Spanned::new(span.clone(), Cow::Owned(key.to_owned())),
+                            spanned(DeValue::Table(Default::default())),
+                        );
+                        svc.iter_mut()
+                            .find(|(k, _)| k.get_ref() == key)
+                            .map(|(_, v)| v)
+                            .expect("just inserted")
+                    }
+                };
+                let DeValue::Table(map) = map.get_mut() else {
+                    return Err(format!("`{key}` of `{service}` is not a table"));
+                };
+                map.insert(
+                    Spanned::new(span.clone(), Cow::Owned(entry.to_owned())),
+                    new_value.clone(),
+                );
+            }
+        }
+    }
+    if !matched {
+        return Err(format!("no service `{service}` in the config"));
+    }
+    Ok(())
+}
+
+/// Interpolates every string value under `table` (keys are names, not values, and stay as written).
+fn interpolate_table(
+    table: &mut toml::de::DeTable<'_>,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    at: &Locator<'_>,
+) -> Result<(), ConfigError> {
+    for (key, value) in table.iter_mut() {
+        let key = if path.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{path}.{}", key.get_ref())
+        };
+        interpolate_value(value, &key, env, at)?;
+    }
+    Ok(())
+}
+
+fn interpolate_value(
+    value: &mut Spanned<toml::de::DeValue<'_>>,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    at: &Locator<'_>,
+) -> Result<(), ConfigError> {
+    use toml::de::DeValue;
+    let span = value.span();
+    match value.get_mut() {
+        DeValue::String(s) if s.contains('$') => {
+            let expanded =
+                vars::interpolate(s, env).map_err(|e| at.err(span, format!("`{key}`: {e}")))?;
+            *s = std::borrow::Cow::Owned(expanded);
+        }
+        DeValue::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_value(item, &format!("{key}[{i}]"), env, at)?;
+            }
+        }
+        DeValue::Table(t) => interpolate_table(t, key, env, at)?,
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Orders services dependencies-first (stable by name otherwise); on a cycle, returns it and the span of the
@@ -759,6 +1119,24 @@ fn validate_platform(p: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A cache to import: a tag in the service's repository (`cache-main`), or a whole reference
+/// (`registry/repo:tag`).
+pub fn validate_cache_ref(r: &str) -> Result<(), String> {
+    if r.contains('/') || r.contains('@') {
+        let (name, tag) = r.rsplit_once(':').ok_or_else(|| {
+            format!("`{r}` is neither a tag nor a reference `registry/repository:tag`")
+        })?;
+        if name.is_empty() || tag.contains('/') {
+            return Err(format!(
+                "`{r}` is neither a tag nor a reference `registry/repository:tag`"
+            ));
+        }
+        validate_tag(tag)
+    } else {
+        validate_tag(r)
+    }
 }
 
 /// A tag the user asks for (requested tags and the cache tag): a valid tag that does not look like a content tag,

@@ -1,0 +1,225 @@
+//! Made for CI: variables, overrides, branch caches.
+
+use crate::common::{Services, Tree, daemon_lock, unique_repo};
+
+/// The tags of `repo`, sorted (none when the repository has no tags).
+fn tags(s: &Services, repo: &str) -> Vec<String> {
+    let (code, _, body) = s.registry_get(&format!("/v2/{repo}/tags/list"), "*/*");
+    if code != 200 {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let mut tags: Vec<String> = v["tags"]
+        .as_array()
+        .map(|a| a.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default();
+    tags.sort();
+    tags
+}
+
+/// The tags of `repo` that are not content tags.
+fn named_tags(s: &Services, repo: &str) -> Vec<String> {
+    tags(s, repo)
+        .into_iter()
+        .filter(|t| !t.starts_with("bo-"))
+        .collect()
+}
+
+/// The labels in the image config of `repo:tag`.
+fn labels(s: &Services, repo: &str, tag: &str) -> serde_json::Value {
+    let m = s.manifest(repo, tag).expect("manifest");
+    let digest = m["config"]["digest"].as_str().unwrap();
+    let (code, _, body) = s.registry_get(&format!("/v2/{repo}/blobs/{digest}"), "*/*");
+    assert_eq!(code, 200);
+    let config: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    config["config"]["Labels"].clone()
+}
+
+/// A one-service workspace whose Dockerfile labels the image with its build args, and `extra` appended to the
+/// service's table.
+fn labelled(repo: &str, extra: &str) -> Tree {
+    let t = Tree::buildable(
+        repo,
+        "FROM scratch\nARG REV\nARG PRICE\nLABEL rev=$REV price=$PRICE\nCOPY f /\n",
+    )
+    .file("app/f", repo);
+    t.append("buildopt.toml", extra);
+    t
+}
+
+/// Runs `buildopt --progress plain build ARGS` with `env` set; returns (exit code, stderr).
+fn build_with(t: &Tree, env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
+    let _shared = daemon_lock().read().unwrap_or_else(|p| p.into_inner());
+    let mut cmd = t.cmd();
+    for k in [
+        "GIT_SHA",
+        "CHANNEL",
+        "BRANCH",
+        "BUILDOPT_SET",
+        "BUILDOPT_TAG",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd
+        .args(["--progress", "plain", "build"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `${VAR}`, `${VAR:-default}` and `$$` reach tags and build args; tags are checked after substitution; an unset
+/// variable is a configuration error naming file, line, key and variable, and nothing is pushed.
+#[test]
+fn variables_reach_tags_and_build_args() {
+    let s = Services::get();
+    let repo = unique_repo("ci-vars");
+    let t = labelled(&repo, "tags = [\"${GIT_SHA}\", \"${CHANNEL:-stable}\"]\n");
+    t.replace(
+        "buildopt.toml",
+        "build_args = {",
+        "build_args = { REV = \"${GIT_SHA}\", PRICE = \"$$5\",",
+    );
+
+    let (code, err) = build_with(&t, &[], &[]);
+    assert_eq!(code, 2, "{err}");
+    let line = std::fs::read_to_string(t.join("buildopt.toml"))
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("build_args ="))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!("buildopt.toml:{line}"))
+            && err.contains("`services.app.build_args.REV`")
+            && err.contains("variable `GIT_SHA` is not set"),
+        "{err}"
+    );
+    let (code, err) = build_with(&t, &[("GIT_SHA", "not a tag!")], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`not a tag!`"), "{err}");
+    assert_eq!(tags(&s, &repo), Vec::<String>::new());
+
+    let (code, err) = build_with(&t, &[("GIT_SHA", "abc123")], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(named_tags(&s, &repo), ["abc123", "cache", "stable"]);
+    let labels = labels(&s, &repo, "abc123");
+    assert_eq!(labels["rev"], "abc123", "{labels}");
+    assert_eq!(labels["price"], "$5", "{labels}");
+}
+
+/// `--set` (also from BUILDOPT_SET) overrides any key of one or every service and is validated like the file;
+/// `--tag` adds tags; `tags = []` pushes the content tag only.
+#[test]
+fn overrides_set_keys_and_add_tags() {
+    let s = Services::get();
+    let repo = unique_repo("ci-set");
+    let t = labelled(&repo, "tags = []\n");
+
+    let (code, err) = build_with(
+        &t,
+        &[(
+            "BUILDOPT_SET",
+            "app.build_args.PRICE=7;app.build_args.REV=env",
+        )],
+        &["--cache-to", "none"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let only = tags(&s, &repo);
+    assert!(
+        only.len() == 1 && only[0].starts_with("bo-"),
+        "tags = [] pushes the content tag only: {only:?}"
+    );
+    let labels_env = labels(&s, &repo, &only[0]);
+    assert_eq!(labels_env["price"], "7", "{labels_env}");
+    assert_eq!(labels_env["rev"], "env", "{labels_env}");
+
+    // Flags replace BUILDOPT_SET (as any flag replaces its environment variable).
+    let (code, err) = build_with(
+        &t,
+        &[("BUILDOPT_SET", "app.build_args.PRICE=7")],
+        &[
+            "--set",
+            "*.tags=one,two",
+            "--set",
+            "app.build_args.REV=r2",
+            "--tag",
+            "extra",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        named_tags(&s, &repo),
+        ["cache", "extra", "one", "two"],
+        "{err}"
+    );
+    let labels = labels(&s, &repo, "one");
+    assert_eq!(labels["rev"], "r2", "{labels}");
+    assert_eq!(labels["price"], "", "{labels}");
+
+    // Validated like the file, and named by the flag.
+    for (set, expect) in [
+        ("app.platforms=linux/nope", "linux/nope"),
+        ("app.colour=red", "colour"),
+        ("nosuch.tags=x", "nosuch"),
+        ("app.tags", "SERVICE.KEY=VALUE"),
+    ] {
+        let (code, err) = build_with(&t, &[], &["--set", set]);
+        assert_eq!(code, 2, "--set {set}: {err}");
+        assert!(
+            err.contains(&format!("--set `{set}`")) && err.contains(expect),
+            "--set {set}: {err}"
+        );
+    }
+}
+
+/// A branch build imports the main branch's cache (`cache_from = ["cache-${BRANCH}", "cache-main"]`) on an emptied
+/// daemon, and exports its own.
+#[test]
+fn a_branch_build_reads_the_main_branch_cache() {
+    let s = Services::get();
+    let repo = unique_repo("ci-branch");
+    // The RUN step records when it ran: its layer is the same only if it came from a cache.
+    let t = Tree::buildable(
+        &repo,
+        "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY input.txt /\nRUN date +%s%N > /ran-at\nCOPY late.txt /\n",
+    )
+    .file("app/input.txt", format!("{repo}\n"))
+    .file("app/late.txt", "main\n");
+    t.append(
+        "buildopt.toml",
+        "tags = [\"${BRANCH}\"]\ncache_to = { tag = \"cache-${BRANCH}\", mode = \"max\" }\ncache_from = [\"cache-${BRANCH}\", \"cache-main\"]\n",
+    );
+    let (code, err) = build_with(&t, &[("BRANCH", "main")], &[]);
+    assert_eq!(code, 0, "{err}");
+    let main = s.manifest(&repo, "main").unwrap();
+    assert!(s.manifest(&repo, "cache-main").is_some());
+
+    std::fs::write(t.join("app/late.txt"), "feature\n").unwrap();
+    let _exclusive = daemon_lock().write().unwrap_or_else(|p| p.into_inner());
+    let pruned = t.run_ok(&["prune", "--all", "--yes"]);
+    let out = t
+        .cmd()
+        .env("BRANCH", "feature")
+        .args(["--progress", "plain", "build"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let feature = s.manifest(&repo, "feature").unwrap();
+    let run_layer = |m: &serde_json::Value| {
+        let layers = m["layers"].as_array().unwrap();
+        layers[layers.len() - 2]["digest"].clone()
+    };
+    assert_ne!(main["layers"], feature["layers"]);
+    assert_eq!(
+        run_layer(&main),
+        run_layer(&feature),
+        "the RUN step ran again instead of coming from cache-main:\n{pruned}\n{err}"
+    );
+    assert!(s.manifest(&repo, "cache-feature").is_some());
+}
