@@ -12,8 +12,10 @@ use protox::prost::Message as _;
 const INCLUDE: &str = "proto";
 
 /// BuildKit's control API: we only call it (client stubs).
-const CLIENT_PROTOS: &[&str] =
-    &["proto/github.com/moby/buildkit/api/services/control/control.proto"];
+const CLIENT_PROTOS: &[&str] = &[
+    "proto/github.com/moby/buildkit/api/services/control/control.proto",
+    "proto/google/rpc/status.proto",
+];
 
 /// Session services that the daemon calls back over the session: we only serve them (server stubs).
 /// Their descriptor set is also written out, to list the served method paths in the session header.

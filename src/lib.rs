@@ -4,6 +4,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod buildkit;
+pub(crate) mod ci;
 pub mod cli;
 pub(crate) mod commands;
 pub mod config;

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::buildkit::status::{StatusUpdate, Vertex, VertexStatus};
 use crate::printer::{Printer, Verbosity};
+use crate::report::{BuildReport, ServiceReport};
 
 /// `--progress`: how build progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -726,15 +727,93 @@ impl Progress {
     /// `--quiet` nothing is rendered, in any mode, except failure reports.
     pub fn new(mode: ProgressMode, printer: Printer) -> Progress {
         let view = match mode {
+            // JSON is a result on stdout, asked for by name: --quiet silences only the human output.
+            ProgressMode::Json => View::Json,
             _ if printer.verbosity() == Verbosity::Quiet => View::Quiet,
             ProgressMode::Auto if !io::stderr().is_terminal() => View::Plain,
             ProgressMode::Auto | ProgressMode::Tty => {
                 View::Tty(MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
             }
             ProgressMode::Plain => View::Plain,
-            ProgressMode::Json => View::Json,
         };
         Progress { printer, view }
+    }
+
+    /// `--progress json`: a `decision` event per service (`build` or `skip`, with the input digest and why), before
+    /// anything runs.
+    pub(crate) fn decisions(&self, report: &BuildReport) {
+        if !matches!(self.view, View::Json) {
+            return;
+        }
+        #[derive(Serialize)]
+        struct Decision<'a> {
+            r#type: &'static str,
+            decision: &'a str,
+            digest: String,
+            reason: &'a str,
+        }
+        let mut out = self.printer.stdout();
+        for s in &report.services {
+            let event = Decision {
+                r#type: "decision",
+                decision: s.decision,
+                digest: s.digest.to_string(),
+                reason: &s.reason,
+            };
+            let _ = writeln!(out, "{}", json_line(&s.service, &event));
+        }
+    }
+
+    /// `--progress json`: an `outcome` event when a service ends (`built`, `skipped`, `promoted`, `failed`), with
+    /// its image or error.
+    pub(crate) fn outcome(&self, s: &ServiceReport) {
+        if !matches!(self.view, View::Json) {
+            return;
+        }
+        #[derive(Serialize)]
+        struct Outcome<'a> {
+            r#type: &'static str,
+            status: crate::report::Status,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            image: Option<&'a String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error: Option<&'a String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            location: Option<&'a crate::report::Location>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            warnings: &'a [String],
+        }
+        let event = Outcome {
+            r#type: "outcome",
+            status: s.status,
+            image: s.image.as_ref(),
+            error: s.error.as_ref(),
+            location: s.location.as_ref(),
+            warnings: &s.warnings,
+        };
+        let _ = writeln!(self.printer.stdout(), "{}", json_line(&s.service, &event));
+    }
+
+    /// `--progress json`: the whole report as the last line, a `summary` object (what `--metadata-file` and the
+    /// summary on stderr say, in one place).
+    pub(crate) fn summary(&self, report: &BuildReport) {
+        if !matches!(self.view, View::Json) {
+            return;
+        }
+        #[derive(Serialize)]
+        struct Summary<'a> {
+            r#type: &'static str,
+            succeeded: bool,
+            #[serde(flatten)]
+            report: &'a BuildReport,
+        }
+        let summary = Summary {
+            r#type: "summary",
+            succeeded: report.succeeded(),
+            report,
+        };
+        let line = serde_json::to_string(&summary).unwrap_or_default();
+        let _ = writeln!(self.printer.stdout(), "{line}");
     }
 
     /// Reports a tag move as it happens: a line on stderr (above the live view), or a `tag` event with

@@ -33,6 +33,13 @@ pub(crate) mod moby {
     }
 }
 
+/// The gRPC rich error envelope (`google.rpc.Status`); its `google.protobuf.Any` details are `prost_types::Any`.
+pub(crate) mod google {
+    pub(crate) mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
 pub(crate) mod pb {
     tonic::include_proto!("pb");
 }

@@ -92,6 +92,9 @@ pub(crate) struct ServiceReport {
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
+    /// Where in the Dockerfile it failed, when BuildKit said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) location: Option<Location>,
     /// Problems that did not fail it (a refused cache export, ...).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) warnings: Vec<String>,
@@ -104,6 +107,25 @@ pub(crate) struct ServiceReport {
     /// What the daemon asked the session for, one record per file transfer.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) transfers: Vec<TransferSummary>,
+}
+
+/// A place in a file of the workspace: the Dockerfile lines a failure came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Location {
+    /// The file, as given in the configuration (absolute).
+    pub(crate) file: std::path::PathBuf,
+    /// First line, from 1.
+    pub(crate) line: u32,
+    /// Last line.
+    pub(crate) end_line: u32,
+}
+
+impl Location {
+    /// `FILE:LINE` with the file relative to `base` when it is below it.
+    pub(crate) fn relative_to(&self, base: &std::path::Path) -> String {
+        let file = self.file.strip_prefix(base).unwrap_or(&self.file);
+        format!("{}:{}", file.display(), self.line)
+    }
 }
 
 /// One file transfer BuildKit asked for, as the session saw it: which local directory, with which paths and
@@ -176,6 +198,7 @@ impl ServiceReport {
             adopted: false,
             tags: Vec::new(),
             error: None,
+            location: None,
             warnings: Vec::new(),
             duration: None,
             cache_hits: None,
@@ -331,7 +354,11 @@ impl BuildReport {
                     s.digest.short()
                 ),
                 Status::Failed | Status::Interrupted => {
-                    let mut parts = vec![s.error.clone().unwrap_or_default()];
+                    let error = s.error.clone().unwrap_or_default();
+                    let mut parts = vec![match (&s.location, std::env::current_dir()) {
+                        (Some(at), Ok(cwd)) => format!("{}: {error}", at.relative_to(&cwd)),
+                        _ => error,
+                    }];
                     if !moved.is_empty() {
                         parts.push(format!("moved: {}", moved.join(", ")));
                     }

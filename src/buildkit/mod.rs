@@ -2,6 +2,7 @@
 //! info, disk usage and prune. No public function takes or returns a generated type.
 
 pub mod conn;
+pub(crate) mod details;
 pub(crate) mod dockerfile;
 pub mod status;
 
@@ -16,6 +17,7 @@ use tonic::transport::Channel;
 use crate::proto::moby::buildkit::v1 as pb;
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
 pub use conn::{Addr, ConnectError, TlsOptions};
+pub use details::SourceLocation;
 pub use status::StatusUpdate;
 
 use crate::session::{Session, SessionError, stream::Pipe};
@@ -34,6 +36,8 @@ pub enum RpcError {
         message: String,
         /// gRPC code.
         code: tonic::Code,
+        /// Where in the Dockerfile the failure is, when BuildKit said.
+        location: Option<SourceLocation>,
     },
 }
 
@@ -43,7 +47,14 @@ impl RpcError {
             call,
             message: conn::status_message(&s),
             code: s.code(),
+            location: details::source_location(s.details()),
         }
+    }
+
+    /// Where in the Dockerfile the failure is, when BuildKit said.
+    pub fn location(&self) -> Option<&SourceLocation> {
+        let RpcError::Status { location, .. } = self;
+        location.as_ref()
     }
 
     /// Whether the call failed because the connection to the daemon failed (the daemon stopped, restarted or was

@@ -35,7 +35,7 @@ use crate::registry::promote::{
 };
 use crate::registry::verify::Verifier;
 use crate::registry::{RegistryError, content_tag};
-use crate::report::{BuildReport, ServiceReport, Status, TransferSummary};
+use crate::report::{BuildReport, Location, ServiceReport, Status, TransferSummary};
 use crate::session::{LOCAL_CONTEXT, LOCAL_DOCKERFILE, Session, SessionError, new_id};
 use crate::state::{ServiceState, StateStore};
 
@@ -92,6 +92,22 @@ enum ServiceError {
     /// The run was stopped before this service finished.
     #[error("stopped before it finished")]
     Interrupted,
+}
+
+impl ServiceError {
+    /// Where in `svc`'s Dockerfile the failure is, when BuildKit named a line of it.
+    fn location(&self, svc: &Service) -> Option<Location> {
+        let ServiceError::Solve { source } = self else {
+            return None;
+        };
+        let at = source.location()?;
+        let name = svc.dockerfile.file_name()?.to_string_lossy();
+        (at.filename == name).then(|| Location {
+            file: svc.dockerfile.clone(),
+            line: at.line,
+            end_line: at.end_line,
+        })
+    }
 }
 
 /// How the daemon can be told to allow `RUN` on the host network, when that is what it refused.
@@ -188,10 +204,13 @@ pub(super) fn run(
         .as_deref()
         .map(OutputFile::prepare)
         .transpose()?;
+    let github = crate::ci::GitHub::from_env();
+    // The output files of this run are never part of a context.
+    let hidden: Vec<PathBuf> = metadata.iter().map(|m| super::own_path(&m.path)).collect();
     let started = Instant::now();
     let services: Vec<Service> = select(ws, &args.services)?.into_iter().cloned().collect();
     let refs: Vec<&Service> = services.iter().collect();
-    let inputs = hash_all(ws, &refs)?;
+    let inputs = hash_all(ws, &refs, &hidden)?;
     let network = match args.network {
         Some(n) => n,
         None => ws
@@ -240,14 +259,17 @@ pub(super) fn run(
             keychain,
             verifier,
             ledger: TagLedger::default(),
-            own: super::own_dirs(ws),
+            own: super::own_dirs(ws).into_iter().chain(hidden).collect(),
             progress: Progress::new(progress, printer),
         });
         let planned = report_of(&ctx, &runs, None, None, &HashMap::new());
-        planned.write_plan(&mut printer.stderr())?;
         if args.dry_run {
+            // Like `plan`: the decisions are the result.
+            planned.write_plan(&mut printer.stdout())?;
             return Ok::<_, Error>((planned, Vec::new()));
         }
+        planned.write_plan(&mut printer.stderr())?;
+        ctx.progress.decisions(&planned);
         let interrupted = tokio::select! {
             () = execute(&ctx, &args.daemon, ws, &mut runs, usize::from(args.jobs)) => None,
             signal = interrupt() => Some(signal),
@@ -288,9 +310,14 @@ pub(super) fn run(
             tracing::warn!("could not record the local state of `{}`: {e}", s.service);
         }
     }
-    report.write_summary(&mut printer.stderr())?;
+    // The summary is the result of a build: written under --quiet too.
+    report.write_summary(&mut printer.errors())?;
+    Progress::new(progress, printer).summary(&report);
     if let Some(file) = metadata {
         file.write(&serde_json::to_vec_pretty(&report.metadata())?)?;
+    }
+    if let Err(e) = github.write(&report, &mut printer.errors()) {
+        tracing::warn!("could not write the GitHub Actions outputs: {e}");
     }
     Ok(if report.succeeded() {
         ExitStatus::Success
@@ -398,6 +425,7 @@ fn report_of(
                     report.transfers.clone_from(transfers);
                     report.status = Status::Failed;
                     report.error = Some(one_line(error));
+                    report.location = error.location(svc);
                     report.image.clone_from(image);
                     report.set_tags(tags, back);
                     report.duration = *elapsed;
@@ -444,13 +472,14 @@ async fn execute(
                 })
             });
             if let Some(dep) = failed {
-                runs[i].outcome = Some(Outcome::Failed {
+                let outcome = Outcome::Failed {
                     error: ServiceError::Dependency(dep.clone()),
                     image: None,
                     tags: Vec::new(),
                     transfers: Vec::new(),
                     elapsed: None,
-                });
+                };
+                settle(ctx, runs, i, outcome);
             }
         }
         for i in 0..runs.len() {
@@ -519,13 +548,14 @@ async fn execute(
                     let client = match client {
                         Ok(c) => c.clone(),
                         Err(e) => {
-                            runs[i].outcome = Some(Outcome::Failed {
+                            let outcome = Outcome::Failed {
                                 error: ServiceError::Connect(e.clone()),
                                 image: None,
                                 tags: Vec::new(),
                                 transfers: Vec::new(),
                                 elapsed: None,
-                            });
+                            };
+                            settle(ctx, runs, i, outcome);
                             continue;
                         }
                     };
@@ -572,7 +602,22 @@ async fn execute(
         {
             building -= 1;
         }
-        runs[i].outcome = Some(outcome);
+        settle(ctx, runs, i, outcome);
+    }
+}
+
+/// Records how service `i` ended, and says so (`--progress json`).
+fn settle(ctx: &RunContext, runs: &mut [ServiceRun], i: usize, outcome: Outcome) {
+    runs[i].outcome = Some(outcome);
+    let one = report_of(
+        ctx,
+        std::slice::from_ref(&runs[i]),
+        None,
+        Some(Duration::ZERO),
+        &HashMap::new(),
+    );
+    if let Some(s) = one.services.first() {
+        ctx.progress.outcome(s);
     }
 }
 

@@ -26,7 +26,7 @@ pub(super) fn run(ws: &Workspace, args: &HashArgs, printer: Printer) -> Result<E
         return Ok(ExitStatus::Success);
     }
     let services = select(ws, &args.services)?;
-    let inputs = hash_all(ws, &services)?;
+    let inputs = hash_all(ws, &services, &[])?;
     let mut out = printer.stdout();
     for (svc, inp) in services.iter().zip(&inputs) {
         if args.services.is_empty() || args.services.contains(&svc.name) {

@@ -7,7 +7,7 @@ mod plan;
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -194,9 +194,24 @@ fn load_workspace(config: Option<&PathBuf>, sets: &[String]) -> Result<Workspace
     })
 }
 
-/// buildopt's own state directories in a workspace, never part of any context (the first is the cache directory).
+/// buildopt's own files in a workspace, never part of any context: the cache directory (first), and the CI output
+/// files of the environment (`GITHUB_OUTPUT`, `GITHUB_STEP_SUMMARY`), which plan, hash and build hide alike.
 pub(crate) fn own_dirs(ws: &Workspace) -> Vec<PathBuf> {
-    vec![ws.root.join(CACHE_DIR)]
+    let mut own = vec![ws.root.join(CACHE_DIR)];
+    own.extend(crate::ci::GitHub::from_env().files().map(own_path));
+    own
+}
+
+/// `path` as the context walk sees it: absolute, with its directory's symlinks resolved.
+pub(crate) fn own_path(path: &Path) -> PathBuf {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => dir
+            .canonicalize()
+            .map(|d| d.join(name))
+            .unwrap_or_else(|_| path.clone()),
+        _ => path,
+    }
 }
 
 /// The selected services (plus their dependencies) or a usage error naming the unknown one.
@@ -212,8 +227,13 @@ fn select<'a>(ws: &'a Workspace, names: &[String]) -> Result<Vec<&'a Service>, E
 }
 
 /// Hashes `services` (dependencies first) with the workspace's content index, saving the index afterwards.
-fn hash_all(ws: &Workspace, services: &[&Service]) -> Result<Vec<ServiceInputs>, Error> {
-    let own = own_dirs(ws);
+fn hash_all(
+    ws: &Workspace,
+    services: &[&Service],
+    hidden: &[PathBuf],
+) -> Result<Vec<ServiceInputs>, Error> {
+    let mut own = own_dirs(ws);
+    own.extend(hidden.iter().cloned());
     let index = Index::open(&own[0]);
     if let IndexStatus::Discarded(why) = index.status() {
         tracing::warn!("rebuilding the local hash index: {why}");

@@ -15,7 +15,7 @@ use crate::state::StateStore;
 
 pub(super) fn run(ws: &Workspace, args: &PlanArgs, printer: Printer) -> Result<ExitStatus, Error> {
     let services = select(ws, &args.services)?;
-    let inputs = hash_all(ws, &services)?;
+    let inputs = hash_all(ws, &services, &[])?;
     let store = StateStore::new(&ws.root.join(CACHE_DIR));
     let plans: Vec<ServicePlan> = match (&ws.registry, args.local) {
         (Some(registry), false) => super::block_on(async {

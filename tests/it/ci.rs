@@ -223,3 +223,153 @@ fn a_branch_build_reads_the_main_branch_cache() {
     );
     assert!(s.manifest(&repo, "cache-feature").is_some());
 }
+
+/// On GitHub Actions: step outputs per service and as lists, a job summary table, an `::error` annotation at the
+/// failing Dockerfile line; none of the output files (nor `--metadata-file`) is build context, even inside one.
+#[test]
+fn github_outputs_summary_and_annotations() {
+    let s = Services::get();
+    let (t, repos) = Tree::workspace(&[("a", &[]), ("b", &[])]);
+    let t = t
+        .file("a/Dockerfile", "FROM scratch\nCOPY . /\n")
+        .file("a/f", "a")
+        .file("b/Dockerfile", "FROM scratch\nCOPY f /\nCOPY missing /\n")
+        .file("b/f", "b");
+    let run = |args: &[&str]| {
+        let _shared = daemon_lock().read().unwrap_or_else(|p| p.into_inner());
+        let out = t
+            .cmd()
+            .env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_OUTPUT", t.join("a/github-output"))
+            .env("GITHUB_STEP_SUMMARY", t.join("a/step-summary.md"))
+            .env("GITHUB_WORKSPACE", t.path())
+            .args([
+                "--progress",
+                "json",
+                "build",
+                "--metadata-file",
+                "a/meta.json",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let outputs = || {
+        let text = std::fs::read_to_string(t.join("a/github-output")).unwrap();
+        std::fs::remove_file(t.join("a/github-output")).unwrap();
+        text.lines()
+            .map(|l| l.split_once('=').unwrap())
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+
+    let (code, stdout, err) = run(&[]);
+    assert_eq!(code, 1, "{err}");
+    let a = s.manifest_digest(&repos[0], "latest");
+    let out = outputs();
+    assert_eq!(
+        out["a-image"],
+        format!("{}/{}:latest@{a}", s.registry, repos[0]),
+        "{out:?}"
+    );
+    assert_eq!(out["a-digest"], a);
+    assert_eq!(out["a-status"], "built");
+    assert_eq!(
+        (out["b-status"].as_str(), out["b-image"].as_str()),
+        ("failed", "")
+    );
+    assert_eq!(out["built"], r#"["a"]"#);
+    assert_eq!(out["skipped"], "[]");
+    assert_eq!(out["failed"], r#"["b"]"#);
+    let annotation = err
+        .lines()
+        .find(|l| l.starts_with("::error "))
+        .unwrap_or_else(|| panic!("no annotation: {err}"));
+    assert!(
+        annotation.starts_with("::error file=b/Dockerfile,line=3,title=buildopt%3A b failed::"),
+        "{annotation}"
+    );
+    assert!(
+        err.contains("failed    b  b/Dockerfile:3: "),
+        "the summary names the line too: {err}"
+    );
+    let summary = std::fs::read_to_string(t.join("a/step-summary.md")).unwrap();
+    assert!(
+        summary.starts_with("### buildopt: 1 built, 0 skipped, 1 failed")
+            && summary.contains("| Service | Status | Image | Reason | Time |")
+            && summary.contains(&format!(
+                "| a | built | `{}/{}:latest@{a}` | no image for inputs",
+                s.registry, repos[0]
+            ))
+            && summary.contains("| b | failed |  | b/Dockerfile:3: "),
+        "{summary}"
+    );
+    // --progress json: decisions first, an outcome per service, the summary object last; every line JSON.
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let of = |ty: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["type"] == ty).collect()
+    };
+    assert_eq!(of("decision").len(), 2, "{stdout}");
+    assert!(of("decision").iter().all(|e| e["decision"] == "build"));
+    let outcomes: Vec<(String, String)> = of("outcome")
+        .iter()
+        .map(|e| {
+            (
+                e["service"].as_str().unwrap().to_owned(),
+                e["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        outcomes.contains(&("a".into(), "built".into()))
+            && outcomes.contains(&("b".into(), "failed".into())),
+        "{outcomes:?}"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "summary", "{stdout}");
+    assert_eq!(last["succeeded"], false);
+    assert_eq!(last["services"][1]["location"]["line"], 3);
+
+    // The outputs written inside a's context did not change its inputs: a is skipped.
+    t.replace("b/Dockerfile", "COPY missing /\n", "");
+    let (code, _, err) = run(&[]);
+    assert_eq!(code, 0, "{err}");
+    let out = outputs();
+    assert_eq!(out["a-status"], "skipped", "{err}");
+    assert_eq!(out["b-status"], "built");
+    assert_eq!(out["skipped"], r#"["a"]"#);
+    assert_eq!(out["built"], r#"["b"]"#);
+    assert!(!err.contains("::error"), "{err}");
+}
+
+/// `-q` still prints the summary lines; `--dry-run` prints the plan to stdout, like `plan`.
+#[test]
+fn quiet_keeps_the_summary_and_dry_run_writes_stdout() {
+    let repo = unique_repo("ci-quiet");
+    let t = Tree::buildable(&repo, "FROM scratch\nCOPY f /\n").file("app/f", "q");
+    let (code, stdout, err) = t.run(&["build", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.starts_with("build app  no image for inputs"),
+        "{stdout}"
+    );
+    let (code, stdout, err) = t.run(&["-q", "build"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stdout, "");
+    assert!(
+        err.lines().any(|l| l.starts_with("built     app  sha256:")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("no image for inputs"),
+        "the plan is not the summary: {err}"
+    );
+}

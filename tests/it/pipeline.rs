@@ -153,9 +153,9 @@ fn dry_run_and_plan_ask_the_registry_and_change_nothing() {
     let s = Services::get();
     let repo = unique_repo("p-dry");
     let t = Tree::buildable(&repo, "FROM scratch\nCOPY f /\n").file("app/f", "x");
-    let (code, _, err) = t.build(&["--dry-run"]);
+    let (code, out, err) = t.build(&["--dry-run"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("build app  no image for inputs"), "{err}");
+    assert!(out.contains("build app  no image for inputs"), "{out}");
     assert_eq!(s.manifest(&repo, "latest"), None);
 
     assert_eq!(t.build(&[]).0, 0);
