@@ -1,5 +1,6 @@
 //! The local content index under `.build-cache/`: (path, size, mtime, ctime, inode, device) -> content hash, so a
-//! run over unchanged files reads none of them.
+//! run over unchanged files reads none of them. Also the creation of `.build-cache/` itself, with the `.gitignore`
+//! that keeps it out of git.
 //!
 //! It is only an accelerator. A missing, stale or corrupt index changes no result: records are trusted only when
 //! every stat field still matches, files whose status changed within the last second are never recorded (a change
@@ -18,6 +19,11 @@ use crate::digest::Digest;
 const MAGIC: &[u8; 8] = b"BOIDX\x00\x00\x01";
 /// The index file, relative to the cache directory.
 pub const INDEX_FILE: &str = "index-v1";
+/// The ignore file that keeps the cache directory out of git, relative to the cache directory.
+pub const GITIGNORE_FILE: &str = ".gitignore";
+/// Its content: `*` ignores everything in the directory, the ignore file included, so the directory keeps itself
+/// out of git without an entry in the repository's own `.gitignore` (as pytest and mypy do with their caches).
+const GITIGNORE: &str = "# Created by buildopt: local state, never committed.\n*\n";
 /// Files whose ctime is more recent than this are hashed but not recorded.
 const RACY_WINDOW: Duration = Duration::from_secs(1);
 
@@ -153,11 +159,28 @@ impl Index {
             .collect();
         all.extend(self.fresh.into_inner().unwrap_or_else(|p| p.into_inner()));
         if let Some(dir) = file.parent() {
-            fs_err::create_dir_all(dir)?;
+            create_cache_dir(dir)?;
         }
         let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
         fs_err::write(&tmp, encode(&all))?;
         fs_err::rename(&tmp, &file)
+    }
+}
+
+/// Creates the cache directory `dir` (and its parents) when missing, and gives it its `.gitignore` when that is
+/// missing. Every writer into the cache directory calls this first. An existing `.gitignore` is left as it is: its
+/// owner may have changed it on purpose.
+pub fn create_cache_dir(dir: &Path) -> std::io::Result<()> {
+    fs_err::create_dir_all(dir)?;
+    // create_new: two runs at once must not both write, and an existing file is never truncated.
+    match fs_err::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(GITIGNORE_FILE))
+    {
+        Ok(mut file) => std::io::Write::write_all(&mut file, GITIGNORE.as_bytes()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -262,6 +285,20 @@ mod tests {
         let idx = Index::open(dir.path());
         assert!(matches!(idx.status(), IndexStatus::Discarded(_)));
         assert_eq!(idx.lookup(Path::new("/x/a"), &entry()), None);
+    }
+
+    #[test]
+    fn saving_creates_the_cache_dir_with_a_gitignore_and_keeps_an_existing_one() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(".build-cache");
+        Index::open(&dir).save(&[]).unwrap();
+        let ignore = dir.join(GITIGNORE_FILE);
+        let text = std::fs::read_to_string(&ignore).unwrap();
+        assert!(text.lines().any(|l| l == "*"), "{text}");
+
+        std::fs::write(&ignore, "mine\n").unwrap();
+        Index::open(&dir).save(&[]).unwrap();
+        assert_eq!(std::fs::read_to_string(&ignore).unwrap(), "mine\n");
     }
 
     #[test]

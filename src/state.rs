@@ -54,6 +54,7 @@ impl ServiceState {
 /// The state directory of a workspace.
 #[derive(Debug, Clone)]
 pub struct StateStore {
+    cache_dir: PathBuf,
     dir: PathBuf,
 }
 
@@ -61,6 +62,7 @@ impl StateStore {
     /// The store under `cache_dir`.
     pub fn new(cache_dir: &Path) -> StateStore {
         StateStore {
+            cache_dir: cache_dir.to_owned(),
             dir: cache_dir.join("state"),
         }
     }
@@ -78,6 +80,7 @@ impl StateStore {
 
     /// Records `state` for `service`, atomically.
     pub fn save(&self, service: &str, state: &ServiceState) -> std::io::Result<()> {
+        crate::index::create_cache_dir(&self.cache_dir)?;
         fs_err::create_dir_all(&self.dir)?;
         let file = self.file(service);
         let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
@@ -172,5 +175,30 @@ impl fmt::Display for Changes {
             parts.push("inputs changed".to_owned());
         }
         f.write_str(&parts.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saving_creates_the_cache_dir_with_its_gitignore() {
+        let root = tempfile::tempdir().unwrap();
+        let cache_dir = root.path().join(".build-cache");
+        let state = ServiceState {
+            version: STATE_VERSION,
+            digest: Digest([1; 32]),
+            context_digest: Digest([2; 32]),
+            dockerfile: Digest([3; 32]),
+            params: Digest([4; 32]),
+            deps: BTreeMap::new(),
+            entries: Vec::new(),
+        };
+        let store = StateStore::new(&cache_dir);
+        store.save("app", &state).unwrap();
+        assert_eq!(store.load("app"), Some(state));
+        let ignore = std::fs::read_to_string(cache_dir.join(crate::index::GITIGNORE_FILE)).unwrap();
+        assert!(ignore.lines().any(|l| l == "*"), "{ignore}");
     }
 }

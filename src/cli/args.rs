@@ -59,8 +59,14 @@ pub enum Command {
     /// Check that BuildKit is reachable and show what it can do.
     Doctor(DaemonArgs),
     /// Show BuildKit's cache disk usage.
-    Du(DaemonArgs),
-    /// Remove BuildKit cache records.
+    Du(DuArgs),
+    /// Remove unused BuildKit cache: by default records unused for 48h, while the cache is over 2GB.
+    #[command(
+        long_about = "Remove BuildKit cache records.\n\nWithout flags, prune is selective, as BuildKit's own garbage \
+    collection: it removes only records no build is using that were not used for --keep-duration, least recently used \
+    first, and only while the cache is larger than --keep-storage; BuildKit's internal and frontend records and records \
+    shared with images stay. --all removes every unused record and asks first."
+    )]
     Prune(PruneArgs),
 }
 
@@ -85,18 +91,52 @@ pub struct DaemonArgs {
     pub tlsservername: Option<String>,
 }
 
+/// `buildopt du`.
+#[derive(Debug, Args)]
+pub struct DuArgs {
+    /// The daemon.
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Only records matching FILTER, a containerd-style filter passed to BuildKit as buildctl passes it
+    /// (`type==source.local`, `description~=apt`, `id==ID`, `inuse`, `private`); comma-separated conditions must
+    /// all hold; repeat the flag for records matching any.
+    #[arg(long, value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// Show whole descriptions [default: cut to the terminal's width when stdout is a terminal; -v also shows them
+    /// whole].
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
 /// `buildopt prune`.
 #[derive(Debug, Args)]
 pub struct PruneArgs {
     /// The daemon.
     #[command(flatten)]
     pub daemon: DaemonArgs,
-    /// Keep this much cache (e.g. 10GB, 512MiB).
+    /// Keep records a build used within this long (e.g. 24h, 90m, 7d; 0 keeps none for their age)
+    /// [default: 48h, as BuildKit's GC keeps even its most easily rebuilt records; none with --all].
+    #[arg(long, value_name = "DURATION")]
+    pub keep_duration: Option<String>,
+    /// Keep this much cache, removing the least recently used records first (e.g. 10GB, 512MiB; 0 for no budget)
+    /// [default: 2GB, BuildKit's reserved space when it cannot size its disk; none with --all].
     #[arg(long, value_name = "SIZE")]
     pub keep_storage: Option<String>,
-    /// Remove all records, not only unused internal ones.
+    /// Only records matching FILTER, a containerd-style filter that BuildKit evaluates as for `du`
+    /// (`type==source.local`, `description~=apt`, `id==ID`, `private`); comma-separated conditions must all hold;
+    /// repeat the flag for records matching any.
+    #[arg(long, value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// Remove every unused record however recent, BuildKit's internal and frontend records and those shared with
+    /// images too; asks first on a terminal, and needs --yes elsewhere.
     #[arg(long)]
     pub all: bool,
+    /// Do not ask before --all.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// List what would be removed and remove nothing (computed from the disk usage: BuildKit has no dry run).
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `--cache-to` / `--cache-from`.

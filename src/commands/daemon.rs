@@ -1,12 +1,13 @@
 //! `buildopt doctor`, `du` and `prune`: the daemon's health, cache usage, and selective cache pruning.
 
-use std::io::Write;
+use std::io::{self, IsTerminal, Write};
+use std::time::{Duration, SystemTime};
 
 use super::{Context as _, Error, ExitStatus};
-use crate::buildkit::{Addr, Client, PruneSpec, TlsOptions};
-use crate::cli::args::{DaemonArgs, PruneArgs};
+use crate::buildkit::{Addr, Client, PruneSpec, TlsOptions, UsageRecord};
+use crate::cli::args::{DaemonArgs, DuArgs, PruneArgs};
 use crate::config::Workspace;
-use crate::printer::Printer;
+use crate::printer::{Printer, Verbosity};
 use crate::progress::human_bytes;
 
 /// Why the daemon could not be reached: a bad address, or the connection.
@@ -94,68 +95,325 @@ pub(super) async fn doctor(
 }
 
 pub(super) async fn du(
-    args: &DaemonArgs,
+    args: &DuArgs,
     ws: Option<&Workspace>,
     printer: Printer,
 ) -> Result<ExitStatus, Error> {
-    let client = connect(args, ws).await?;
-    let mut records = client.disk_usage().await?;
+    check_filters(&args.filter)?;
+    let client = connect(&args.daemon, ws).await?;
+    let mut records = client.disk_usage(&args.filter).await?;
     records.sort_by_key(|r| std::cmp::Reverse(r.size));
+    let table = Table {
+        in_use: true,
+        width: table_width(args.no_trunc, printer),
+        now: SystemTime::now(),
+    };
     let mut out = printer.stdout();
-    writeln!(
-        out,
-        "{:<28} {:>10}  {:<7} DESCRIPTION",
-        "ID", "SIZE", "IN USE"
-    )?;
-    let mut total = 0i64;
-    for r in &records {
-        total += r.size;
-        writeln!(
-            out,
-            "{:<28} {:>10}  {:<7} {}",
-            r.id.chars().take(28).collect::<String>(),
-            human_bytes(r.size),
-            if r.in_use { "yes" } else { "" },
-            r.description
-        )?;
-    }
+    table.write(&mut out, &records)?;
     writeln!(
         out,
         "total: {} in {} records",
-        human_bytes(total),
+        human_bytes(records.iter().map(|r| r.size).sum()),
         records.len()
     )?;
     Ok(ExitStatus::Success)
 }
+
+/// What `prune` keeps by default: records a build used within this long. BuildKit's first default GC policy keeps
+/// even the most easily rebuilt records (local contexts, cache mounts, git checkouts) for 48 hours
+/// (`DefaultGCPolicy` in BuildKit's worker package). Shown in `prune --help`.
+const DEFAULT_KEEP_DURATION: &str = "48h";
+/// What `prune` keeps by default: this much cache. BuildKit reserves 2GB for its cache when it cannot size its disk
+/// (`defaultReservedSpaceBytes`), and a client cannot size the daemon's disk either. Shown in `prune --help`.
+const DEFAULT_KEEP_STORAGE: &str = "2GB";
+
+/// The refusal of `prune --all` without `--yes` where buildopt cannot ask.
+const NEEDS_YES: &str = "prune --all removes unused cache records of every kind, however recent unless \
+--keep-duration says otherwise, and stdin or stderr is not a terminal to ask on: pass --yes to confirm (--dry-run \
+lists what would go)";
 
 pub(super) async fn prune(
     args: &PruneArgs,
     ws: Option<&Workspace>,
     printer: Printer,
 ) -> Result<ExitStatus, Error> {
-    let keep_bytes = match &args.keep_storage {
-        Some(s) => parse_size(s).ok_or_else(|| {
+    let spec = prune_spec(args)?;
+    let ask = args.all && !args.dry_run && !args.yes;
+    // Checked before connecting: a script that forgot --yes must learn it without touching the daemon.
+    if ask && !(io::stdin().is_terminal() && io::stderr().is_terminal()) {
+        return Err(Error::usage(NEEDS_YES));
+    }
+    let client = connect(&args.daemon, ws).await?;
+    let table = Table {
+        in_use: false,
+        width: table_width(false, printer),
+        now: SystemTime::now(),
+    };
+    writeln!(printer.stderr(), "{}", kept(&spec))?;
+    if args.dry_run || ask {
+        let doomed = client
+            .prune_preview(&spec)
+            .await
+            .context("listing the cache to see what prune would remove")?;
+        let size = human_bytes(doomed.iter().map(|r| r.size).sum());
+        if args.dry_run {
+            let mut out = printer.stdout();
+            table.write(&mut out, &doomed)?;
+            writeln!(
+                out,
+                "would remove {} records, {size} (a dry run, computed from the disk usage with prune's criteria: \
+                 BuildKit has no dry run)",
+                doomed.len()
+            )?;
+            return Ok(ExitStatus::Success);
+        }
+        let question = format!(
+            "prune --all would remove {} unused cache records ({size}), BuildKit's internal ones too. Remove them?",
+            doomed.len()
+        );
+        if !confirm(&question, printer).await? {
+            writeln!(printer.errors(), "nothing was removed")?;
+            return Ok(ExitStatus::Failure);
+        }
+    }
+    // In the order BuildKit removed them, as the dry run lists them: records before the ones they build on.
+    let removed = client.prune(&spec).await?;
+    let mut out = printer.stdout();
+    table.write(&mut out, &removed)?;
+    writeln!(
+        out,
+        "removed {} records, {} reclaimed",
+        removed.len(),
+        human_bytes(removed.iter().map(|r| r.size).sum())
+    )?;
+    Ok(ExitStatus::Success)
+}
+
+/// The prune the flags ask for: the defaults apply only without --all, so that --all means everything unused.
+fn prune_spec(args: &PruneArgs) -> Result<PruneSpec, Error> {
+    check_filters(&args.filter)?;
+    let or_default = |given: &Option<String>, default: &'static str| match given {
+        Some(v) => Some(v.clone()),
+        None if args.all => None,
+        None => Some(default.to_owned()),
+    };
+    let keep_duration = match or_default(&args.keep_duration, DEFAULT_KEEP_DURATION) {
+        Some(s) => parse_duration(&s).ok_or_else(|| {
             Error::usage(format!(
-                "invalid --keep-storage `{s}`: use e.g. 10GB or 512MiB"
+                "invalid --keep-duration `{s}`: use e.g. 48h, 90m, 7d or 1h30m (0 keeps nothing for its age)"
+            ))
+        })?,
+        None => Duration::ZERO,
+    };
+    let keep_bytes = match or_default(&args.keep_storage, DEFAULT_KEEP_STORAGE) {
+        Some(s) => parse_size(&s).ok_or_else(|| {
+            Error::usage(format!(
+                "invalid --keep-storage `{s}`: use e.g. 10GB or 512MiB (0 for no budget)"
             ))
         })?,
         None => 0,
     };
-    let client = connect(&args.daemon, ws).await?;
-    let removed = client
-        .prune(&PruneSpec {
-            all: args.all,
-            keep_bytes,
-        })
-        .await?;
-    let total: i64 = removed.iter().map(|r| r.size).sum();
-    writeln!(
-        printer.stdout(),
-        "removed {} records, {} reclaimed",
-        removed.len(),
-        human_bytes(total)
-    )?;
-    Ok(ExitStatus::Success)
+    Ok(PruneSpec {
+        all: args.all,
+        keep_duration,
+        keep_bytes,
+        filters: args.filter.clone(),
+    })
+}
+
+/// Refuses the filters docker and buildx take but BuildKit does not: BuildKit would match nothing with them and
+/// quietly remove (or list) nothing.
+fn check_filters(filters: &[String]) -> Result<(), Error> {
+    for filter in filters {
+        for condition in filter.split(',') {
+            let field = condition
+                .split(['=', '!', '~'])
+                .next()
+                .unwrap_or_default()
+                .trim();
+            if matches!(field, "until" | "unused-for") {
+                return Err(Error::usage(format!(
+                    "--filter `{filter}`: `{field}` is a docker filter, not a BuildKit one: use --keep-duration"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line on what `spec` keeps, so that a prune that removes little explains itself.
+fn kept(spec: &PruneSpec) -> String {
+    let mut kept = vec!["in use".to_owned()];
+    if !spec.keep_duration.is_zero() {
+        kept.push(format!(
+            "used in the last {}",
+            show_duration(spec.keep_duration)
+        ));
+    }
+    if !spec.filters.is_empty() {
+        kept.push("not matching --filter".to_owned());
+    }
+    if !spec.all {
+        kept.push("internal, frontend or shared with an image (--all removes these)".to_owned());
+    }
+    let last = kept.pop().unwrap_or_default();
+    let mut line = if kept.is_empty() {
+        format!("keeping records {last}")
+    } else {
+        format!("keeping records {}, or {last}", kept.join(", "))
+    };
+    if spec.keep_bytes != 0 {
+        line.push_str(&format!(
+            "; stopping once the cache is under {}",
+            human_bytes(spec.keep_bytes)
+        ));
+    }
+    line
+}
+
+/// Asks `question` on stderr and reads the answer from stdin; only `y` or `yes` agree.
+async fn confirm(question: &str, printer: Printer) -> Result<bool, Error> {
+    {
+        let mut err = printer.errors();
+        write!(err, "{question} [y/N] ")?;
+        err.flush()?;
+    }
+    // A blocking read, off the runtime's worker threads.
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .map_err(io::Error::other)??;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// How wide the record tables may be: the terminal's width when stdout is one, else unlimited (a pipe or a file gets
+/// every description whole, as does `--no-trunc` or `-v`).
+fn table_width(no_trunc: bool, printer: Printer) -> Option<usize> {
+    if no_trunc || printer.verbosity() >= Verbosity::Verbose || !io::stdout().is_terminal() {
+        return None;
+    }
+    terminal_size::terminal_size_of(io::stdout())
+        .map(|(w, _)| usize::from(w.0))
+        .filter(|w| *w > 0)
+}
+
+/// The record listing of `du` and `prune`.
+struct Table {
+    /// With an IN USE column (du; prune never removes records in use).
+    in_use: bool,
+    /// Cut each line to this many characters (by cutting the description).
+    width: Option<usize>,
+    /// For the LAST USED column.
+    now: SystemTime,
+}
+
+impl Table {
+    fn write(&self, out: &mut impl Write, records: &[UsageRecord]) -> io::Result<()> {
+        let line = |id: &str, size: &str, in_use: &str, last: &str, description: &str| {
+            let head = if self.in_use {
+                format!("{id:<28} {size:>10}  {in_use:<6}  {last:>9}  ")
+            } else {
+                format!("{id:<28} {size:>10}  {last:>9}  ")
+            };
+            let room = self
+                .width
+                .map(|w| w.saturating_sub(head.chars().count()).max(MIN_DESCRIPTION));
+            format!("{head}{}", cut(description, room))
+        };
+        writeln!(
+            out,
+            "{}",
+            line("ID", "SIZE", "IN USE", "LAST USED", "DESCRIPTION").trim_end()
+        )?;
+        for r in records {
+            let id: String = r.id.chars().take(28).collect();
+            let text = line(
+                &id,
+                &human_bytes(r.size),
+                if r.in_use { "yes" } else { "" },
+                &ago(self.now, r.last_used_at),
+                &r.description,
+            );
+            writeln!(out, "{}", text.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// The fewest description characters a cut line keeps, however narrow the terminal.
+const MIN_DESCRIPTION: usize = 12;
+
+/// `text` cut to `room` characters, ending in `…` when cut.
+fn cut(text: &str, room: Option<usize>) -> std::borrow::Cow<'_, str> {
+    match room {
+        Some(room) if text.chars().count() > room => {
+            let kept: String = text.chars().take(room.saturating_sub(1)).collect();
+            format!("{kept}…").into()
+        }
+        _ => text.into(),
+    }
+}
+
+/// How long ago `t` was, in its largest unit (`35s`, `12m`, `5h`, `3d`); `-` when never.
+fn ago(now: SystemTime, t: Option<SystemTime>) -> String {
+    let Some(t) = t else { return "-".to_owned() };
+    let secs = now.duration_since(t).unwrap_or_default().as_secs();
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..172_800 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+/// A keep duration as the flag would take it (`48h`, `90m`, `45s`).
+fn show_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// `48h`, `90m`, `7d`, `1h30m`, `1.5h`, `45s`, `2w`; `0` alone.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut secs = 0.0;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_end] {
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            "w" => 604_800.0,
+            _ => return None,
+        };
+        secs += number * unit;
+        rest = &rest[unit_end..];
+    }
+    (!s.is_empty())
+        .then(|| Duration::try_from_secs_f64(secs).ok())
+        .flatten()
 }
 
 /// `10GB`, `512MiB`, `1000` (bytes).
@@ -183,15 +441,193 @@ fn parse_size(s: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use clap::{CommandFactory, Parser};
+
     use super::*;
+    use crate::cli::args::{Cli, Command};
 
     #[test]
     fn sizes() {
         assert_eq!(parse_size("10GB"), Some(10_000_000_000));
         assert_eq!(parse_size("512MiB"), Some(512 * 1024 * 1024));
         assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("0"), Some(0));
         assert_eq!(parse_size("x"), None);
         assert_eq!(human_bytes(1_234_000), "1.23MB");
         assert_eq!(human_bytes(12), "12B");
+    }
+
+    #[test]
+    fn durations() {
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        assert_eq!(parse_duration("48h"), Some(h(48)));
+        assert_eq!(parse_duration("7d"), Some(h(168)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2w"), Some(h(336)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        for bad in ["", "48", "h", "5y", "-1h", "1h 30m"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        assert_eq!(show_duration(h(48)), "48h");
+        assert_eq!(show_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(show_duration(Duration::from_secs(300)), "5m");
+    }
+
+    fn spec(args: &[&str]) -> Result<PruneSpec, Error> {
+        let cli = Cli::try_parse_from([&["buildopt", "prune"][..], args].concat()).unwrap();
+        let Command::Prune(args) = cli.command else {
+            unreachable!()
+        };
+        prune_spec(&args)
+    }
+
+    #[test]
+    fn prune_defaults_keep_recent_cache_and_a_budget_but_not_with_all() {
+        let default = spec(&[]).unwrap();
+        assert!(!default.all);
+        assert_eq!(default.keep_duration, Duration::from_secs(48 * 3600));
+        assert_eq!(default.keep_bytes, 2_000_000_000);
+        let all = spec(&["--all"]).unwrap();
+        assert!(all.all);
+        assert_eq!((all.keep_duration, all.keep_bytes), (Duration::ZERO, 0));
+        let given = spec(&["--all", "--keep-duration", "24h", "--keep-storage", "10GB"]).unwrap();
+        assert_eq!(given.keep_duration, Duration::from_secs(24 * 3600));
+        assert_eq!(given.keep_bytes, 10_000_000_000);
+        let none = spec(&[
+            "--keep-duration",
+            "0",
+            "--keep-storage",
+            "0",
+            "--filter",
+            "type==regular",
+        ])
+        .unwrap();
+        assert_eq!((none.keep_duration, none.keep_bytes), (Duration::ZERO, 0));
+        assert_eq!(none.filters, ["type==regular"]);
+    }
+
+    #[test]
+    fn prune_refuses_bad_values_and_docker_only_filters() {
+        for (args, expected) in [
+            (
+                &["--keep-duration", "2 days"][..],
+                "invalid --keep-duration `2 days`",
+            ),
+            (
+                &["--keep-storage", "lots"][..],
+                "invalid --keep-storage `lots`",
+            ),
+            (
+                &["--filter", "until=24h"][..],
+                "`until` is a docker filter, not a BuildKit one: use --keep-duration",
+            ),
+            (
+                &["--filter", "type==regular,unused-for=1h"][..],
+                "`unused-for` is a docker filter",
+            ),
+        ] {
+            let err = spec(args).unwrap_err();
+            assert_eq!(err.status(), ExitStatus::Error);
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+    }
+
+    /// `--help` states the defaults that [`prune_spec`] applies.
+    #[test]
+    fn prune_help_shows_the_defaults_in_force() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("prune")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains(&format!("[default: {DEFAULT_KEEP_DURATION},")),
+            "{help}"
+        );
+        assert!(
+            help.contains(&format!("[default: {DEFAULT_KEEP_STORAGE},")),
+            "{help}"
+        );
+        let about = cli
+            .find_subcommand("prune")
+            .unwrap()
+            .get_about()
+            .unwrap()
+            .to_string();
+        let short = |s: &str| s.trim_end_matches('B').to_owned() + "B";
+        assert!(
+            about.contains(&format!("unused for {DEFAULT_KEEP_DURATION}")),
+            "{about}"
+        );
+        assert!(about.contains(&short(DEFAULT_KEEP_STORAGE)), "{about}");
+    }
+
+    #[test]
+    fn kept_line_says_what_stays() {
+        assert_eq!(
+            kept(&spec(&[]).unwrap()),
+            "keeping records in use, used in the last 48h, or internal, frontend or shared with an image (--all \
+             removes these); stopping once the cache is under 2.00GB"
+        );
+        assert_eq!(kept(&spec(&["--all"]).unwrap()), "keeping records in use");
+        assert_eq!(
+            kept(&spec(&["--all", "--filter", "private"]).unwrap()),
+            "keeping records in use, or not matching --filter"
+        );
+    }
+
+    #[test]
+    fn descriptions_are_cut_to_the_room_left() {
+        assert_eq!(cut("abcdef", Some(6)), "abcdef");
+        assert_eq!(cut("abcdefg", Some(6)), "abcde…");
+        assert_eq!(cut("äöüäöüä", Some(4)), "äöü…");
+        assert_eq!(cut("abcdefg", None), "abcdefg");
+        let r = UsageRecord {
+            id: "r1".into(),
+            size: 1000,
+            description: "mount / from exec /bin/sh -c a long command line".into(),
+            ..Default::default()
+        };
+        let table = |width| Table {
+            in_use: true,
+            width,
+            now: SystemTime::now(),
+        };
+        let mut out = Vec::new();
+        table(Some(80))
+            .write(&mut out, std::slice::from_ref(&r))
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{line:?}");
+        }
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("  mount / from exec /…"),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        table(None).write(&mut out, &[r]).unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("a long command line\n")
+        );
+    }
+
+    #[test]
+    fn ages() {
+        let now = SystemTime::now();
+        let ago_secs = |s: u64| ago(now, Some(now - Duration::from_secs(s)));
+        assert_eq!(ago_secs(5), "5s ago");
+        assert_eq!(ago_secs(300), "5m ago");
+        assert_eq!(ago_secs(47 * 3600), "47h ago");
+        assert_eq!(ago_secs(3 * 86_400), "3d ago");
+        assert_eq!(ago(now, None), "-");
     }
 }

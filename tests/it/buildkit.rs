@@ -163,7 +163,7 @@ fn registry_cache_is_an_oci_image_manifest_and_survives_a_pruned_daemon() {
     // On an emptied daemon, a forced rebuild either gets the RUN step from the registry cache or runs it again.
     // Returns the image and the build's output (to tell why when the step was not taken from the cache).
     let rebuild_pruned = |cache_from: &str| {
-        let pruned = t.run_ok(&["prune", "--all"]);
+        let pruned = t.run_ok(&["prune", "--all", "--yes"]);
         let (code, _, err) = t.run(&[
             "--progress",
             "plain",

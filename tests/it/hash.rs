@@ -188,3 +188,42 @@ fn append(t: &Tree, line: &str) {
     text.push_str(line);
     std::fs::write(path, text).unwrap();
 }
+
+/// `.build-cache/` keeps itself out of git: whatever writes it first also writes its `.gitignore` of `*`, and an
+/// edited one stays as it is.
+#[test]
+fn build_cache_keeps_itself_out_of_git() {
+    let t = sample();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(t.path())
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    git(&["init", "-q"]);
+    t.digest("app");
+    assert!(
+        t.join(".build-cache/index-v1").is_file(),
+        "the index was written"
+    );
+    let ignore = std::fs::read_to_string(t.join(".build-cache/.gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == "*"), "{ignore}");
+    let status = git(&["status", "--porcelain", "--untracked-files=all"]);
+    assert!(status.contains("app/Dockerfile"), "{status}");
+    assert!(!status.contains(".build-cache"), "{status}");
+
+    std::fs::write(t.join(".build-cache/.gitignore"), "index-v1\n").unwrap();
+    t.digest("app");
+    assert_eq!(
+        std::fs::read_to_string(t.join(".build-cache/.gitignore")).unwrap(),
+        "index-v1\n"
+    );
+}

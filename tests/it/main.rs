@@ -21,5 +21,7 @@ mod pipeline;
 mod precise;
 /// The Dockerfile reader's context-path predictions against what both real daemons ask for (the corpus).
 mod predict;
+/// `prune` and `du` on the real BuildKit: what the defaults keep, `--all`'s confirmation, the dry run, filters.
+mod prune;
 /// Never a wrong skip, never a false report: races, faults (through loopback proxies) and odd input.
 mod trust;

@@ -376,7 +376,7 @@ fn reproducible_images_are_the_same_when_rebuilt_from_scratch() {
     assert_eq!(code, 0, "{err}");
     let first = tag_digest(&s, &repo, "latest").unwrap();
     let _exclusive = daemon_lock().write().unwrap_or_else(|p| p.into_inner());
-    t.run_ok(&["prune", "--all"]);
+    t.run_ok(&["prune", "--all", "--yes"]);
     let (code, _, err) = t.run(&[
         "--progress",
         "plain",
