@@ -201,13 +201,17 @@ fn a_branch_build_reads_the_main_branch_cache() {
 
     std::fs::write(t.join("app/late.txt"), "feature\n").unwrap();
     let _exclusive = daemon_lock().write().unwrap_or_else(|p| p.into_inner());
-    let pruned = t.run_ok(&["prune", "--all", "--yes"]);
-    let out = t
-        .cmd()
-        .env("BRANCH", "feature")
-        .args(["--progress", "plain", "build"])
-        .output()
-        .unwrap();
+    let feature = |args: &[&str]| {
+        t.cmd()
+            .env("BRANCH", "feature")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let pruned = feature(&["prune", "--all", "--yes"]);
+    assert!(pruned.status.success(), "{pruned:?}");
+    let pruned = String::from_utf8_lossy(&pruned.stdout).into_owned();
+    let out = feature(&["--progress", "plain", "build"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let feature = s.manifest(&repo, "feature").unwrap();

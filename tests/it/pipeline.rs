@@ -467,7 +467,10 @@ fn json_progress_is_one_object_per_line_on_stdout() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
-    assert!(events.iter().all(|e| e["service"] == "app"));
+    let (last, events) = events.split_last().unwrap();
+    assert_eq!(last["type"], "summary", "{out}");
+    assert_eq!(last["succeeded"], true, "{out}");
+    assert!(events.iter().all(|e| e["service"] == "app"), "{out}");
     assert!(
         events
             .iter()
