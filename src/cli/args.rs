@@ -32,11 +32,11 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "BUILDOPT_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// How to show build progress.
-    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto, env = "BUILDOPT_PROGRESS")]
     pub progress: ProgressMode,
     /// Override a service key as bake does: SERVICE.KEY=VALUE, '*.KEY=VALUE' for every service, or
     /// SERVICE.build_args.NAME=VALUE; lists (tags, platforms, cache_from, depends_on) are comma-separated. Repeatable;
-    /// checked like the file [env: BUILDOPT_SET, `;`-separated].
+    /// checked like the file; `;`-separated in the environment.
     #[arg(
         long = "set",
         global = true,
@@ -157,7 +157,7 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub daemon: DaemonArgs,
     /// An extra tag for every selected service (repeatable), e.g. the commit: --tag "$GITHUB_SHA"
-    /// [env: BUILDOPT_TAG, comma-separated].
+    /// (comma-separated in the environment).
     #[arg(
         long = "tag",
         value_name = "TAG",
@@ -172,11 +172,11 @@ pub struct BuildArgs {
     #[arg(long, overrides_with = "push")]
     pub no_push: bool,
     /// Export the build cache to the registry under each service's `cache_to` tag (when pushing), or not.
-    #[arg(long, value_enum, default_value_t = CacheMode::Registry)]
+    #[arg(long, value_enum, default_value_t = CacheMode::Registry, env = "BUILDOPT_CACHE_TO")]
     pub cache_to: CacheMode,
     /// Import caches: `registry` (each service's `cache_from`, default its cache tag), `none`, or a cache to try
     /// first (a tag in each service's repository, e.g. `cache-main`, or a whole reference); repeatable; all that
-    /// exist are imported [env: BUILDOPT_CACHE_FROM, comma-separated].
+    /// exist are imported (comma-separated in the environment).
     #[arg(
         long,
         value_name = "registry|none|REF",
@@ -186,10 +186,10 @@ pub struct BuildArgs {
     )]
     pub cache_from: Vec<String>,
     /// Network for RUN steps [default: `[buildkit] network` in the config, else the daemon's default].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "BUILDOPT_NETWORK")]
     pub network: Option<NetworkMode>,
     /// Services built at once.
-    #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, short = 'j', default_value_t = 4, env = "BUILDOPT_JOBS", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
     /// Build even when an image for the same inputs exists.
     #[arg(long)]
@@ -198,7 +198,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Write per-service results as JSON to PATH (keys like buildx's metadata file where they overlap).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "BUILDOPT_METADATA_FILE")]
     pub metadata_file: Option<PathBuf>,
     /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS's].
     #[arg(long, value_name = "URL")]
@@ -232,7 +232,7 @@ pub struct PlanArgs {
     #[arg(long)]
     pub local: bool,
     /// Whether the registry cache must exist too for a skip (as `build` exports it by default).
-    #[arg(long, value_enum, default_value_t = CacheMode::Registry)]
+    #[arg(long, value_enum, default_value_t = CacheMode::Registry, env = "BUILDOPT_CACHE_TO")]
     pub cache_to: CacheMode,
     /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS's].
     #[arg(long, value_name = "URL")]
