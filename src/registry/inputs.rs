@@ -104,7 +104,8 @@ pub(crate) async fn store(
     service: &str,
     inputs: &ServiceInputs,
 ) -> Result<Stored, InputsError> {
-    let encoded = InputRecord::encode(service, inputs);
+    // Compressing a large context's record takes a while: other services' tasks go on meanwhile.
+    let encoded = tokio::task::block_in_place(|| InputRecord::encode(service, inputs));
     let subject = client
         .manifest(&client.by_digest(repo, image))
         .await?
@@ -320,7 +321,7 @@ pub(crate) async fn previous(
     Ok(Some(Previous {
         tag: tag.to_owned(),
         image,
-        record: InputRecord::decode(&bytes)?,
+        record: tokio::task::block_in_place(|| InputRecord::decode(&bytes))?,
     }))
 }
 
