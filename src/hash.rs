@@ -71,6 +71,9 @@ pub struct ServiceInputs {
     pub dockerfile: Digest,
     /// Digest of target, build args, platforms and labels.
     pub params: Digest,
+    /// The same parameters one by one (`build-arg:NAME`, `label:NAME`, `target`, `platforms`,
+    /// `source-date-epoch`), each value as a digest: what says *which* parameter changed.
+    pub param_digests: BTreeMap<String, Digest>,
     /// The digests of direct dependencies, by name.
     pub deps: BTreeMap<String, Digest>,
 }
@@ -142,6 +145,7 @@ pub fn hash_service(
     })?;
     let dockerfile = Digest::of(&dockerfile_bytes);
     let params = params_digest(svc);
+    let param_digests = param_digests(svc);
     let own_deps: BTreeMap<String, Digest> = svc
         .depends_on
         .iter()
@@ -179,6 +183,7 @@ pub fn hash_service(
         ignore,
         dockerfile,
         params,
+        param_digests,
         deps: own_deps,
     })
 }
@@ -383,6 +388,34 @@ fn params_digest(svc: &Service) -> Digest {
         f.bytes(b"source_date_epoch").u64(epoch);
     }
     f.finish()
+}
+
+/// Each parameter of [`params_digest`] on its own, keyed by what it is, its value as a digest (build args can be
+/// sensitive, and the record of them is stored in the registry). Not part of the input digest: only used to say
+/// which parameter changed.
+pub(crate) fn param_digests(svc: &Service) -> BTreeMap<String, Digest> {
+    let mut out = BTreeMap::new();
+    let mut put = |key: String, v: &[u8]| {
+        let mut f = Fields::new(SERVICE_KEY);
+        f.bytes(b"param").bytes(key.as_bytes()).bytes(v);
+        out.insert(key, f.finish());
+    };
+    if let Some(t) = &svc.target {
+        put("target".to_owned(), t.as_bytes());
+    }
+    for (k, v) in &svc.build_args {
+        put(format!("build-arg:{k}"), v.as_bytes());
+    }
+    for (k, v) in &svc.labels {
+        put(format!("label:{k}"), v.as_bytes());
+    }
+    if !svc.platforms.is_empty() {
+        put("platforms".to_owned(), svc.platforms.join("\n").as_bytes());
+    }
+    if let Some(epoch) = svc.source_date_epoch {
+        put("source-date-epoch".to_owned(), &epoch.to_le_bytes());
+    }
+    out
 }
 
 /// The digest of one entry: kind, path, permission bits, and the content hash (files) or link target (symlinks) or
@@ -693,12 +726,20 @@ impl Classify for HashError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::session::{SentContent, Transfer};
 
     /// A service `app` in a temporary directory, hashed.
     fn hashed(files: &[(&str, &str)]) -> (tempfile::TempDir, Service, ServiceInputs) {
+        hashed_with_args(files, &[])
+    }
+
+    /// A service `app` of `files` in a temporary directory, with build args `args`, hashed.
+    pub(crate) fn hashed_with_args(
+        files: &[(&str, &str)],
+        args: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Service, ServiceInputs) {
         let dir = tempfile::tempdir().unwrap();
         for (p, c) in files {
             let path = dir.path().join(p);
@@ -715,7 +756,10 @@ mod tests {
             cache_mode: crate::config::CacheMode::Max,
             cache_from: vec!["cache".into()],
             target: None,
-            build_args: BTreeMap::new(),
+            build_args: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             platforms: Vec::new(),
             depends_on: Vec::new(),
             labels: BTreeMap::new(),

@@ -18,6 +18,7 @@ pub(crate) mod plan;
 pub(crate) mod printer;
 pub(crate) mod progress;
 pub(crate) mod proto;
+pub(crate) mod record;
 pub(crate) mod registry;
 pub(crate) mod report;
 pub(crate) mod session;

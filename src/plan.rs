@@ -1,11 +1,13 @@
 //! Deciding, per service, whether to build or skip, with a reason a person can check. The registry is the source
-//! of truth (a complete image under the content tag of the inputs); local state only adds which files changed.
+//! of truth (a complete image under the content tag of the inputs). What changed is said from the input manifest
+//! of the image the first requested tag points at (so also on a fresh runner), else from the local state.
 
 use serde::Serialize;
 
 use crate::config::Service;
 use crate::digest::Digest;
 use crate::hash::{Reads, ServiceInputs};
+use crate::registry::inputs::{Previous, previous_or_none};
 use crate::registry::verify::{Found, Verifier};
 use crate::registry::{RegistryError, content_tag};
 use crate::state::{Changes, ServiceState, StateStore};
@@ -48,14 +50,32 @@ pub(crate) struct ServicePlan {
     pub(crate) decision: Decision,
     /// Why, in words.
     pub(crate) reason: String,
-    /// What changed since the last local build, when known.
+    /// What changed (since what: `since`), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) changes: Option<Changes>,
+    /// What the inputs were compared with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) since: Option<Since>,
     /// What the input digest covers.
     pub(crate) reads: Reads,
     /// Whether a skipped service still needs a cache-only solve because the registry lacks its cache ref.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) export_cache: bool,
+}
+
+/// What the current inputs were compared with to say what changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub(crate) enum Since {
+    /// The input manifest stored beside the image a requested tag points at.
+    Registry {
+        /// The tag.
+        tag: String,
+        /// The image it points at.
+        image: String,
+    },
+    /// The inputs of the last build in this workspace (`.build-cache/state/`).
+    Local,
 }
 
 /// What the registry holds for one service's inputs.
@@ -109,11 +129,23 @@ pub(crate) async fn lookup_remote(
     })
 }
 
-/// Decides for one service. With `remote`, the registry decides; without, the local state does.
+impl RemoteState {
+    /// Whether the service is to be built because the registry has no usable image for its inputs: then what
+    /// changed since the image of its first requested tag is worth a look.
+    fn no_image(&self) -> bool {
+        let usable = |f: &Found| matches!(f, Found::Usable { .. });
+        !usable(&self.image) && !self.context_image.as_ref().is_some_and(usable)
+    }
+}
+
+/// Decides for one service. With `remote`, the registry decides; without, the local state does. `previous` is the
+/// input manifest of the image the first requested tag points at, when it was read: what changed is said since
+/// that image, else since the last local build.
 pub(crate) fn decide(
     svc: &Service,
     inputs: &ServiceInputs,
     remote: Option<&RemoteState>,
+    previous: Option<&Previous>,
     store: &StateStore,
     force: bool,
 ) -> ServicePlan {
@@ -127,6 +159,24 @@ pub(crate) fn decide(
         .as_ref()
         .map(|c| format!("; since the last local build: {}", explain(c, svc, inputs)))
         .unwrap_or_default();
+    // A record made with other digest keys compares with nothing: as if there were none.
+    let recorded = previous.and_then(|p| {
+        let changes = if p.record.same_inputs(inputs) {
+            Changes::default()
+        } else {
+            p.record.changes(inputs)?
+        };
+        Some((p, changes))
+    });
+    let since_recorded = recorded.as_ref().map(|(p, c)| {
+        let what = format!("{} ({})", p.tag, short_image(&p.image));
+        if c.is_empty() {
+            format!("; {what} was built from these same inputs")
+        } else {
+            format!("; since {what}: {}", explain(c, svc, inputs))
+        }
+    });
+    let since_any = since_recorded.as_deref().unwrap_or(&since_local);
     let short = inputs.digest.short();
     let mut export_cache = false;
     let skip = |digest: &String, what: String| {
@@ -165,16 +215,17 @@ pub(crate) fn decide(
             (Found::Unusable { digest, reason }, _) => (
                 Decision::Build,
                 format!(
-                    "the image under the content tag of inputs {short}{} cannot be used: {reason}",
+                    "the image under the content tag of inputs {short}{} cannot be used: {reason}{}",
                     digest
                         .as_deref()
                         .map(|d| format!(" ({})", short_image(d)))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    since_recorded.as_deref().unwrap_or_default()
                 ),
             ),
             (Found::Absent, _) => (
                 Decision::Build,
-                format!("no image for inputs {short}{since_local}"),
+                format!("no image for inputs {short}{since_any}"),
             ),
         },
         (false, None) => match &local {
@@ -198,12 +249,26 @@ pub(crate) fn decide(
             ),
         },
     };
+    let (changes, since) = match recorded {
+        Some((p, c)) => (
+            (!c.is_empty()).then_some(c),
+            Some(Since::Registry {
+                tag: p.tag.clone(),
+                image: p.image.clone(),
+            }),
+        ),
+        None => {
+            let since = changes.is_some().then_some(Since::Local);
+            (changes, since)
+        }
+    };
     ServicePlan {
         service: svc.name.clone(),
         digest: inputs.digest,
         decision,
         reason,
         changes,
+        since,
         reads: inputs.reads.clone(),
         export_cache,
     }
@@ -273,7 +338,9 @@ pub(crate) fn short_image(digest: &str) -> String {
 const LOOKUPS: usize = 8;
 
 /// Decides for each service (with its inputs, dependencies first) from the registry, checking the content tags in
-/// parallel; the local state adds what changed.
+/// parallel. For each service to be built, the input manifest of the image its first requested tag points at says
+/// what changed (read right after its own lookups, in parallel with the other services'); the local state when
+/// the registry has none.
 pub(crate) async fn plan_remote(
     verifier: &Verifier,
     services: &[&Service],
@@ -284,7 +351,15 @@ pub(crate) async fn plan_remote(
 ) -> Result<Vec<ServicePlan>, RegistryError> {
     use futures::StreamExt;
     let remote = futures::stream::iter(services.iter().zip(inputs))
-        .map(|(svc, inp)| lookup_remote(verifier, svc, inp, check_cache))
+        .map(|(svc, inp)| async move {
+            let remote = lookup_remote(verifier, svc, inp, check_cache).await?;
+            let previous = if !force && remote.no_image() {
+                previous_or_none(verifier.client(), svc).await
+            } else {
+                None
+            };
+            Ok::<_, RegistryError>((remote, previous))
+        })
         .buffered(LOOKUPS)
         .collect::<Vec<_>>()
         .await;
@@ -292,6 +367,16 @@ pub(crate) async fn plan_remote(
         .iter()
         .zip(inputs)
         .zip(remote)
-        .map(|((svc, inp), r)| Ok(decide(svc, inp, Some(&r?), store, force)))
+        .map(|((svc, inp), r)| {
+            let (remote, previous) = r?;
+            Ok(decide(
+                svc,
+                inp,
+                Some(&remote),
+                previous.as_ref(),
+                store,
+                force,
+            ))
+        })
         .collect()
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::plan::{Decision, ServicePlan, short_image};
+use crate::plan::{Decision, ServicePlan, Since, short_image};
 use crate::registry::promote::{ReadBack, TagMove, TagOutcome};
 use crate::state::Changes;
 
@@ -69,9 +69,13 @@ pub(crate) struct ServiceReport {
     pub(crate) decision: &'static str,
     /// Why, in words.
     pub(crate) reason: String,
-    /// What changed since the last local build, when known.
+    /// What changed (since what: `since`), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) changes: Option<Changes>,
+    /// What the inputs were compared with: the input manifest of the image a requested tag points at, or the last
+    /// local build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) since: Option<Since>,
     /// What the input digest covers: the whole context (and why), the paths the Dockerfile reads, or nothing.
     pub(crate) inputs: crate::hash::Reads,
     /// How it ended.
@@ -190,6 +194,7 @@ impl ServiceReport {
             decision,
             reason: plan.reason.clone(),
             changes: plan.changes.clone(),
+            since: plan.since.clone(),
             inputs: plan.reads.clone(),
             status: Status::Planned,
             image,

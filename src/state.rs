@@ -1,5 +1,6 @@
-//! Local state under `.build-cache/state/`: what each service's inputs were when it was last built here. Only
-//! used to explain decisions (which files changed); the registry is the source of truth for whether to build.
+//! Local state under `.build-cache/state/`: what each service's inputs were when it was last built here, and what
+//! changed since ([`Changes`], also used with the input manifest the registry keeps beside each image, see
+//! [`crate::record`]). Only used to explain decisions; the registry is the source of truth for whether to build.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -25,6 +26,9 @@ pub struct ServiceState {
     pub dockerfile: Digest,
     /// Parameters digest.
     pub params: Digest,
+    /// Each parameter's digest (None in states recorded before they were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param_digests: Option<BTreeMap<String, Digest>>,
     /// Dependencies' digests.
     pub deps: BTreeMap<String, Digest>,
     /// The whole context's entries (display path, digest), in send order.
@@ -40,6 +44,7 @@ impl ServiceState {
             context_digest: inputs.context_digest,
             dockerfile: inputs.dockerfile,
             params: inputs.params,
+            param_digests: Some(inputs.param_digests.clone()),
             deps: inputs.deps.clone(),
             entries: inputs
                 .entries
@@ -97,12 +102,51 @@ impl StateStore {
 pub struct Changes {
     /// Context paths added, removed or changed, in path order.
     pub files: Vec<String>,
+    /// Files removed whose paths the record does not name (a truncated input manifest keeps only hashes of them).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unnamed: usize,
+    /// Files changed, but the record lists none (an input manifest too large to list entries).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unlisted: bool,
     /// The Dockerfile content changed.
     pub dockerfile: bool,
     /// Target, build args, platforms or labels changed.
     pub params: bool,
+    /// Which parameters changed (`build-arg:NAME`, `label:NAME`, `target`, `platforms`, `source-date-epoch`),
+    /// when both sides recorded them one by one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<String>,
     /// Dependencies whose digest changed.
     pub deps: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// `build arg PROFILE`, `label version`, `target`: a parameter key of [`Changes::parameters`] in words.
+pub fn parameter_words(key: &str) -> String {
+    if let Some(name) = key.strip_prefix("build-arg:") {
+        format!("build arg {name}")
+    } else if let Some(name) = key.strip_prefix("label:") {
+        format!("label {name}")
+    } else if key == "source-date-epoch" {
+        "source_date_epoch".to_owned()
+    } else {
+        key.to_owned()
+    }
+}
+
+/// The keys whose values differ between two maps (present in one only included), in key order.
+pub(crate) fn changed_keys<V: PartialEq>(
+    old: &BTreeMap<String, V>,
+    new: &BTreeMap<String, V>,
+) -> Vec<String> {
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect()
 }
 
 impl Changes {
@@ -122,22 +166,68 @@ impl Changes {
             .filter(|p| old_entries.get(p) != new_entries.get(p))
             .map(str::to_owned)
             .collect();
-        let dep_names: BTreeSet<&String> = old.deps.keys().chain(new.deps.keys()).collect();
         Changes {
             files,
+            ..Changes::of_rest(old, new)
+        }
+    }
+
+    /// What differs apart from the context entries: Dockerfile, parameters, dependencies.
+    pub(crate) fn of_rest(old: &ServiceState, new: &ServiceState) -> Changes {
+        let params = old.params != new.params;
+        let parameters = match (&old.param_digests, &new.param_digests) {
+            (Some(o), Some(n)) if params => changed_keys(o, n),
+            _ => Vec::new(),
+        };
+        Changes {
             dockerfile: old.dockerfile != new.dockerfile,
-            params: old.params != new.params,
-            deps: dep_names
-                .into_iter()
-                .filter(|n| old.deps.get(*n) != new.deps.get(*n))
-                .cloned()
-                .collect(),
+            params,
+            parameters,
+            deps: changed_keys(&old.deps, &new.deps),
+            ..Changes::default()
         }
     }
 
     /// Nothing differs in the parts we can name.
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && !self.dockerfile && !self.params && self.deps.is_empty()
+        self.files.is_empty()
+            && self.unnamed == 0
+            && !self.unlisted
+            && !self.dockerfile
+            && !self.params
+            && self.deps.is_empty()
+    }
+}
+
+impl Changes {
+    /// `3 removed files not named in the record`; `files changed (the record lists none)`.
+    pub(crate) fn unnamed_words(&self) -> Option<String> {
+        if self.unnamed > 0 {
+            let n = self.unnamed;
+            Some(format!(
+                "{n} file{} removed (not named in the input manifest, which lists only hashes)",
+                if n == 1 { "" } else { "s" }
+            ))
+        } else if self.unlisted {
+            Some("context files changed (the input manifest is too large to list them)".to_owned())
+        } else {
+            None
+        }
+    }
+
+    /// `build arg PROFILE changed`, one per changed parameter; `build parameters changed` when they are not
+    /// known one by one.
+    pub(crate) fn parameter_words(&self) -> Vec<String> {
+        if !self.params {
+            Vec::new()
+        } else if self.parameters.is_empty() {
+            vec!["build parameters changed".to_owned()]
+        } else {
+            self.parameters
+                .iter()
+                .map(|k| format!("{} changed", parameter_words(k)))
+                .collect()
+        }
     }
 }
 
@@ -162,12 +252,11 @@ impl fmt::Display for Changes {
             }
             parts.push(s);
         }
+        parts.extend(self.unnamed_words());
         if self.dockerfile {
             parts.push("Dockerfile changed".to_owned());
         }
-        if self.params {
-            parts.push("build parameters changed".to_owned());
-        }
+        parts.extend(self.parameter_words());
         for d in &self.deps {
             parts.push(format!("dependency `{d}` changed"));
         }

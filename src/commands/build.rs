@@ -874,7 +874,15 @@ async fn build(
         }
         Err(e) => return failed(ServiceError::Claim(e), Some(image), Vec::new()),
     };
-    let (tags, failure) = move_requested_tags(ctx, svc, &image).await;
+    // The input manifest goes beside a fresh image (an adopted one has its builder's), while the tags move.
+    let record = async {
+        if adopted {
+            return None;
+        }
+        crate::registry::inputs::store_or_warn(ctx.verifier.client(), svc, inputs, &image).await
+    };
+    let ((tags, failure), unrecorded) = tokio::join!(move_requested_tags(ctx, svc, &image), record);
+    warnings.extend(unrecorded);
     if let Some(e) = failure {
         return failed(ServiceError::Tags(e), Some(image), tags);
     }

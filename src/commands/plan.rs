@@ -41,7 +41,7 @@ pub(super) fn run(ws: &Workspace, args: &PlanArgs, printer: Printer) -> Result<E
         _ => services
             .iter()
             .zip(&inputs)
-            .map(|(svc, inp)| decide(svc, inp, None, &store, false))
+            .map(|(svc, inp)| decide(svc, inp, None, None, &store, false))
             .collect(),
     };
     let report = BuildReport {

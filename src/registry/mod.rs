@@ -1,8 +1,9 @@
 //! The registry as the source of truth: what a tag points at, the manifests and blobs behind it, and tag moves.
-//! Manifests only move here (no blob is ever uploaded). This is the one place that decides what a "not found", a
-//! transient failure and a refusal look like.
+//! Images' blobs are BuildKit's to upload; the only blobs uploaded here are those of the input manifest artifact
+//! (`inputs`). This is the one place that decides what a "not found", a transient failure and a refusal look like.
 
 pub(crate) mod ecr;
+pub(crate) mod inputs;
 pub(crate) mod promote;
 pub(crate) mod verify;
 
@@ -273,6 +274,13 @@ fn status_detail(e: &OciDistributionError) -> String {
     }
 }
 
+/// The error for a blob beyond the size a caller accepts.
+fn too_large(digest: &str, limit: usize) -> OciDistributionError {
+    OciDistributionError::GenericError(Some(format!(
+        "blob {digest} is larger than the {limit} bytes expected"
+    )))
+}
+
 /// A manifest as the registry stores it.
 #[derive(Debug, Clone)]
 pub(crate) struct Manifest {
@@ -322,6 +330,8 @@ impl RegistryClient {
             },
             connect_timeout: Some(Duration::from_secs(5)),
             read_timeout: Some(Duration::from_secs(30)),
+            // The only blobs pushed are small (the input manifest): one POST and one PUT, no chunks.
+            use_monolithic_push: true,
             ..Default::default()
         };
         let oci = Client::try_from(config).map_err(|source| RegistryError::Other {
@@ -370,6 +380,17 @@ impl RegistryClient {
         reference
             .parse()
             .map_err(|_| RegistryError::Reference(reference.to_owned()))
+    }
+
+    /// `reference` parsed, with the run's credentials in the client's own store: the client calls that take no
+    /// credentials (blob checks and reads, referrers) authenticate from it, which the other calls fill.
+    async fn with_stored_auth(&self, reference: &str) -> Result<Reference, RegistryError> {
+        let r = self.parse(reference)?;
+        let auth = &self.auth().await?.auth;
+        self.oci
+            .store_auth_if_needed(r.resolve_registry(), auth)
+            .await;
+        Ok(r)
     }
 
     /// Runs `op` with bounded retries on transient errors, mapping the outcome through the one classification.
@@ -476,16 +497,91 @@ impl RegistryClient {
         digest: &str,
     ) -> Result<bool, RegistryError> {
         let reference = self.by_digest(repo, digest);
-        let r = self.parse(&reference)?;
-        let auth = self.auth().await?.auth.clone();
-        // `blob_exists` authenticates from the client's store, which the other calls fill.
-        self.oci
-            .store_auth_if_needed(r.resolve_registry(), &auth)
-            .await;
+        let r = self.with_stored_auth(&reference).await?;
         Ok(self
             .retrying(&reference, || self.oci.blob_exists(&r, digest))
             .await?
             .unwrap_or(false))
+    }
+
+    /// Blob `digest` of `repo`, checked against its digest; None when the registry has no such blob. A blob larger
+    /// than `limit` bytes is an error, found out before more than `limit` bytes are read.
+    pub(crate) async fn blob(
+        &self,
+        repo: &str,
+        digest: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        use futures::TryStreamExt;
+        let reference = self.by_digest(repo, digest);
+        let r = self.with_stored_auth(&reference).await?;
+        self.retrying(&reference, || async {
+            let mut stream = self.oci.pull_blob_stream(&r, digest).await?;
+            if stream.content_length.is_some_and(|n| n > limit as u64) {
+                return Err(too_large(digest, limit));
+            }
+            let mut bytes = Vec::new();
+            // The client reports a digest mismatch at the end of the stream, as an I/O error around it.
+            let unwrap = |e: std::io::Error| {
+                if e.get_ref()
+                    .is_some_and(|i| i.is::<oci_client::errors::DigestError>())
+                {
+                    let inner = e.into_inner().expect("checked above");
+                    match inner.downcast::<oci_client::errors::DigestError>() {
+                        Ok(d) => OciDistributionError::DigestError(*d),
+                        Err(other) => OciDistributionError::IoError(std::io::Error::other(other)),
+                    }
+                } else {
+                    OciDistributionError::IoError(e)
+                }
+            };
+            while let Some(chunk) = stream.try_next().await.map_err(unwrap)? {
+                if bytes.len() + chunk.len() > limit {
+                    return Err(too_large(digest, limit));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(bytes)
+        })
+        .await
+    }
+
+    /// Uploads `data` as blob `digest` of `repo` (a POST and a PUT).
+    pub(crate) async fn push_blob(
+        &self,
+        repo: &str,
+        data: Bytes,
+        digest: &str,
+    ) -> Result<(), RegistryError> {
+        let reference = self.by_digest(repo, digest);
+        let r = self.parse(&reference)?;
+        let auth = &self.auth().await?.auth;
+        self.retrying(&reference, || async {
+            self.oci.auth(&r, auth, RegistryOperation::Push).await?;
+            self.oci.push_blob(&r, data.clone(), digest).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The manifests that refer to `repo@subject` (OCI 1.1 referrers) with artifact type `artifact_type`: from the
+    /// referrers API, or, when the registry has none (it answers 404), from the referrers tag
+    /// `sha256-<hex>`, as the distribution spec falls back. Empty when there are none.
+    pub(crate) async fn referrers(
+        &self,
+        repo: &str,
+        subject: &str,
+        artifact_type: &str,
+    ) -> Result<Vec<oci_client::manifest::ImageIndexEntry>, RegistryError> {
+        let reference = self.by_digest(repo, subject);
+        let r = self.with_stored_auth(&reference).await?;
+        Ok(self
+            .retrying(&reference, || {
+                self.oci.pull_referrers(&r, Some(artifact_type))
+            })
+            .await?
+            .map(|index| index.manifests)
+            .unwrap_or_default())
     }
 
     /// Stores `manifest` under `reference` (`registry/repo:tag`). Returns the digest the registry reports.

@@ -13,6 +13,8 @@ mod cli;
 mod context;
 /// Context selection against BuildKit's own Go code (hack/oracle), on random trees and ignore files.
 mod differential;
+/// What changed, said on any runner: the input manifest stored beside each image in the registry.
+mod explain;
 /// Input digest stability and sensitivity, and the local index.
 mod hash;
 /// The registry as the source of truth, tags, ECR via moto, bad input.
