@@ -76,6 +76,62 @@ pub struct ServiceInputs {
     pub param_digests: BTreeMap<String, Digest>,
     /// The digests of direct dependencies, by name.
     pub deps: BTreeMap<String, Digest>,
+    /// The named local contexts (`contexts = { NAME = "DIR" }`), each hashed whole.
+    pub named: Vec<NamedLocal>,
+}
+
+/// A named local build context, hashed whole after its own `.dockerignore` (the frontend sends all of it that a
+/// `COPY --from=NAME` or `FROM NAME` can read; no prediction narrows it).
+#[derive(Debug, Clone)]
+pub struct NamedLocal {
+    /// The name the Dockerfile uses.
+    pub name: String,
+    /// The session's local directory name it is served under.
+    pub local: String,
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its `.dockerignore`.
+    pub ignore: DockerIgnore,
+    /// Its entries after the `.dockerignore`, in send order.
+    pub entries: Vec<Entry>,
+    /// Per entry, the blake3 of its content (regular files).
+    pub contents: Vec<Option<Digest>>,
+    /// The digest over its entries.
+    pub digest: Digest,
+}
+
+/// The session's local name for the named context `name`: fixed per name, never `context` or `dockerfile`, and safe
+/// as gRPC metadata whatever the name holds.
+pub fn named_local(name: &str) -> String {
+    format!("named-{}", &Digest::of(name.as_bytes()).to_string()[..16])
+}
+
+/// Hashes the named local contexts of `svc`.
+fn hash_named(svc: &Service, index: &Index, own: &[PathBuf]) -> Result<Vec<NamedLocal>, HashError> {
+    let mut out = Vec::new();
+    for (name, ctx) in &svc.contexts {
+        let crate::config::NamedContext::Local(dir) = ctx else {
+            continue;
+        };
+        let ignore = DockerIgnore::load_dir(dir)?;
+        let mut entries = walk(dir, &ignore.filter()?.hide_own(dir, own))?;
+        let contents = hash_contents(dir, &mut entries, index)?;
+        let mut f = Fields::new(SERVICE_KEY);
+        f.bytes(b"named local").u64(entries.len() as u64);
+        for (e, c) in entries.iter().zip(&contents) {
+            f.0.update(&entry_digest(e, c.as_ref()).0);
+        }
+        out.push(NamedLocal {
+            name: name.clone(),
+            local: named_local(name),
+            dir: dir.clone(),
+            ignore,
+            entries,
+            contents,
+            digest: f.finish(),
+        });
+    }
+    Ok(out)
 }
 
 /// A length-prefixed field writer, so that no two different inputs can encode to the same bytes.
@@ -144,8 +200,9 @@ pub fn hash_service(
         source,
     })?;
     let dockerfile = Digest::of(&dockerfile_bytes);
-    let params = params_digest(svc);
-    let param_digests = param_digests(svc);
+    let named = hash_named(svc, index, own)?;
+    let params = params_digest(svc, &named);
+    let param_digests = param_digests(svc, &named);
     let own_deps: BTreeMap<String, Digest> = svc
         .depends_on
         .iter()
@@ -185,6 +242,7 @@ pub fn hash_service(
         params,
         param_digests,
         deps: own_deps,
+        named,
     })
 }
 
@@ -366,7 +424,7 @@ pub fn select_context(
     Ok((ignore, entries))
 }
 
-fn params_digest(svc: &Service) -> Digest {
+fn params_digest(svc: &Service, named: &[NamedLocal]) -> Digest {
     let mut f = Fields::new(SERVICE_KEY);
     f.bytes(b"params");
     match &svc.target {
@@ -387,13 +445,52 @@ fn params_digest(svc: &Service) -> Digest {
     if let Some(epoch) = svc.source_date_epoch {
         f.bytes(b"source_date_epoch").u64(epoch);
     }
+    if !svc.contexts.is_empty() {
+        f.bytes(b"contexts").u64(svc.contexts.len() as u64);
+        for (name, value) in named_values(svc, named) {
+            f.bytes(name.as_bytes()).bytes(&value);
+        }
+    }
+    if svc.attest.any() {
+        f.bytes(b"attest");
+        for a in [&svc.attest.provenance, &svc.attest.sbom] {
+            match a {
+                Some(p) => f.u64(1).bytes(p.as_bytes()),
+                None => f.u64(0),
+            };
+        }
+    }
     f.finish()
+}
+
+/// Each named context of `svc` as hashed: a kind-tagged value (the service, the remote source, or the digest of a
+/// local directory's entries).
+fn named_values(svc: &Service, named: &[NamedLocal]) -> Vec<(String, Vec<u8>)> {
+    use crate::config::NamedContext;
+    svc.contexts
+        .iter()
+        .map(|(name, ctx)| {
+            let value = match ctx {
+                NamedContext::Service(other) => [b"service:", other.as_bytes()].concat(),
+                NamedContext::Remote(source) => [b"remote:", source.as_bytes()].concat(),
+                NamedContext::Local(_) => {
+                    let digest = named
+                        .iter()
+                        .find(|n| &n.name == name)
+                        .map(|n| n.digest.0)
+                        .unwrap_or_default();
+                    [b"local:".as_slice(), &digest].concat()
+                }
+            };
+            (name.clone(), value)
+        })
+        .collect()
 }
 
 /// Each parameter of [`params_digest`] on its own, keyed by what it is, its value as a digest (build args can be
 /// sensitive, and the record of them is stored in the registry). Not part of the input digest: only used to say
 /// which parameter changed.
-pub(crate) fn param_digests(svc: &Service) -> BTreeMap<String, Digest> {
+pub(crate) fn param_digests(svc: &Service, named: &[NamedLocal]) -> BTreeMap<String, Digest> {
     let mut out = BTreeMap::new();
     let mut put = |key: String, v: &[u8]| {
         let mut f = Fields::new(SERVICE_KEY);
@@ -414,6 +511,15 @@ pub(crate) fn param_digests(svc: &Service) -> BTreeMap<String, Digest> {
     }
     if let Some(epoch) = svc.source_date_epoch {
         put("source-date-epoch".to_owned(), &epoch.to_le_bytes());
+    }
+    for (name, value) in named_values(svc, named) {
+        put(format!("context:{name}"), &value);
+    }
+    if let Some(p) = &svc.attest.provenance {
+        put("attest:provenance".to_owned(), p.as_bytes());
+    }
+    if let Some(p) = &svc.attest.sbom {
+        put("attest:sbom".to_owned(), p.as_bytes());
     }
     out
 }
@@ -615,11 +721,26 @@ impl ServiceInputs {
         transfers: &[crate::session::Transfer],
     ) -> Result<(), ChangedDuringBuild> {
         use std::collections::HashMap;
-        let expected: HashMap<&[u8], usize> = self
-            .entries
+        let index = |entries: &'_ [Entry]| -> HashMap<Vec<u8>, usize> {
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.path.clone(), i))
+                .collect()
+        };
+        let expected = index(&self.entries);
+        // Per named local context: its entries, contents, position index and ignore file.
+        let named: Vec<_> = self
+            .named
             .iter()
-            .enumerate()
-            .map(|(i, e)| (e.path.as_slice(), i))
+            .map(|n| {
+                let ignore = n
+                    .ignore
+                    .read_from
+                    .as_ref()
+                    .and_then(|p| std::fs::canonicalize(p).ok());
+                (n, index(&n.entries), ignore)
+            })
             .collect();
         let dockerfile = std::fs::canonicalize(&svc.dockerfile).ok();
         // The file the patterns were read from, as the daemon resolves the ignore file (not the host's kernel).
@@ -643,11 +764,15 @@ impl ServiceInputs {
                 {
                     return Err(changed(format!("it could not be sent: {error}")));
                 }
-                // Files known by their whole-file hash: the Dockerfile, the ignore file.
-                let known = [
+                let named_here = named.iter().find(|(n, ..)| n.local == t.local);
+                // Files known by their whole-file hash: the Dockerfile, the ignore files.
+                let mut known = vec![
                     (&dockerfile, Some(self.dockerfile)),
                     (&ignore, self.ignore.digest),
                 ];
+                if let Some((n, _, named_ignore)) = named_here {
+                    known.push((named_ignore, n.ignore.digest));
+                }
                 // Resolving a path costs system calls: only for names that can be one of these files.
                 let named = |p: &Option<PathBuf>| {
                     p.as_ref()
@@ -669,16 +794,20 @@ impl ServiceInputs {
                         continue;
                     }
                 }
-                if t.local != crate::session::LOCAL_CONTEXT {
+                let (entries, contents, expected) = match named_here {
+                    Some((n, expected, _)) => (&n.entries, &n.contents, expected),
+                    None if t.local == crate::session::LOCAL_CONTEXT => {
+                        (&self.entries, &self.contents, &expected)
+                    }
                     // Other files of the Dockerfile's directory are not read by the build.
-                    continue;
-                }
+                    None => continue,
+                };
                 let Some(&i) = expected.get(sent.path.as_slice()) else {
                     return Err(changed(
                         "it was sent but is not among the hashed inputs".to_owned(),
                     ));
                 };
-                let hashed = &self.entries[i];
+                let hashed = &entries[i];
                 match (&hashed.kind, &sent.kind) {
                     (EntryKind::Symlink(a), EntryKind::Symlink(b)) if a != b => {
                         return Err(changed("its link target changed".to_owned()));
@@ -694,7 +823,7 @@ impl ServiceInputs {
                 }
                 if sent.kind == EntryKind::File {
                     match content {
-                        Some(c) if c.size != hashed.size || Some(c.digest) != self.contents[i] => {
+                        Some(c) if c.size != hashed.size || Some(c.digest) != contents[i] => {
                             return Err(changed(format!(
                                 "{} bytes were hashed, {} different bytes were sent",
                                 hashed.size, c.size
@@ -765,6 +894,8 @@ pub(crate) mod tests {
             labels: BTreeMap::new(),
             source_date_epoch: None,
             inputs: Inputs::Dockerfile,
+            contexts: BTreeMap::new(),
+            attest: Default::default(),
         };
         let inputs = hash_service(&svc, &BTreeMap::new(), &Index::disabled(), &[]).unwrap();
         (dir, svc, inputs)

@@ -132,6 +132,10 @@ pub fn parameter_words(key: &str) -> String {
         format!("label {name}")
     } else if key == "source-date-epoch" {
         "source_date_epoch".to_owned()
+    } else if let Some(name) = key.strip_prefix("context:") {
+        format!("build context {name}")
+    } else if let Some(kind) = key.strip_prefix("attest:") {
+        format!("{kind} attestation")
     } else {
         key.to_owned()
     }
@@ -281,6 +285,7 @@ mod tests {
             context_digest: Digest([2; 32]),
             dockerfile: Digest([3; 32]),
             params: Digest([4; 32]),
+            param_digests: None,
             deps: BTreeMap::new(),
             entries: Vec::new(),
         };

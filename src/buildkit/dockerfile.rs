@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{CacheEntry, ExporterSpec, SolveSpec};
-use crate::config::{Registry, Service};
+use crate::config::{NamedContext, Registry, Service};
 
 /// The frontend every service is built with.
 pub(crate) const FRONTEND: &str = "dockerfile.v0";
@@ -56,6 +56,18 @@ pub(crate) struct DockerfileSolve<'a> {
     pub(crate) network: NetworkMode,
     /// The dependencies and the image digest each resolved to in this run.
     pub(crate) deps: &'a [(Service, String)],
+    /// The stage names of the Dockerfile (a named context of the same name would replace the stage).
+    pub(crate) stages: &'a [String],
+}
+
+/// Whether `name` is looked up as written: the frontend reads `FROM NAME` as the short form of a lowercase image
+/// reference.
+fn is_context_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
 }
 
 impl DockerfileSolve<'_> {
@@ -86,9 +98,17 @@ impl DockerfileSolve<'_> {
             attrs.insert("build-arg:SOURCE_DATE_EPOCH".to_owned(), epoch.to_string());
         }
         // A dependency is pinned by digest (built in this run or found by its content tag), so `FROM <its image>`
-        // never pulls a stale tag.
-        for (dep, image) in self.deps {
-            let pinned = format!("docker-image://{}/{}@{image}", reg.url, dep.image);
+        // and `FROM <service name>` never pull a stale tag.
+        let pinned = |dep: &str| {
+            self.deps
+                .iter()
+                .find(|(d, _)| d.name == dep)
+                .map(|(d, image)| format!("docker-image://{}/{}@{image}", reg.url, d.image))
+        };
+        for (dep, _) in self.deps {
+            let Some(pinned) = pinned(&dep.name) else {
+                continue;
+            };
             attrs.insert(format!("context:{}/{}", reg.url, dep.image), pinned.clone());
             for tag in &dep.tags {
                 attrs.insert(
@@ -96,6 +116,27 @@ impl DockerfileSolve<'_> {
                     pinned.clone(),
                 );
             }
+            // `FROM base` for service `base`, unless a stage is called that: the context would replace the stage.
+            if is_context_name(&dep.name) && !self.stages.contains(&dep.name) {
+                attrs.insert(format!("context:{}", dep.name), pinned);
+            }
+        }
+        for (name, ctx) in &svc.contexts {
+            let value = match ctx {
+                NamedContext::Service(other) => match pinned(other) {
+                    Some(p) => p,
+                    None => continue,
+                },
+                NamedContext::Remote(source) => source.clone(),
+                NamedContext::Local(_) => format!("local:{}", crate::hash::named_local(name)),
+            };
+            attrs.insert(format!("context:{name}"), value);
+        }
+        if let Some(p) = &svc.attest.provenance {
+            attrs.insert("attest:provenance".to_owned(), p.clone());
+        }
+        if let Some(p) = &svc.attest.sbom {
+            attrs.insert("attest:sbom".to_owned(), p.clone());
         }
         let mut entitlements = Vec::new();
         match self.network {

@@ -989,10 +989,19 @@ async fn solve(
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| svc.context.clone());
-    let dirs = HashMap::from([
+    let mut dirs = HashMap::from([
         (LOCAL_CONTEXT.to_owned(), svc.context.clone()),
         (LOCAL_DOCKERFILE.to_owned(), dockerfile_dir),
     ]);
+    dirs.extend(
+        inputs
+            .named
+            .iter()
+            .map(|n| (n.local.clone(), n.dir.clone())),
+    );
+    let stages = std::fs::read(&svc.dockerfile)
+        .map(|d| crate::dockerfile::stage_names(&d))
+        .unwrap_or_default();
     let session =
         Session::new(dirs, ctx.keychain.clone(), shared_key(svc)).hide_own(ctx.own.clone());
     let session_id = session.id().to_owned();
@@ -1006,6 +1015,7 @@ async fn solve(
         image: kind == SolveKind::Image,
         network: ctx.network,
         deps,
+        stages: &stages,
     }
     .spec(new_id());
     let cache_ref = ctx.registry.reference(&svc.image, &svc.cache_tag);

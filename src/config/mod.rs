@@ -133,9 +133,44 @@ struct ServiceToml {
     depends_on: Vec<Spanned<String>>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Named build contexts: NAME -> `service:OTHER`, `docker-image://REF` (or another remote source), or a
+    /// directory.
+    #[serde(default)]
+    contexts: BTreeMap<String, Spanned<String>>,
+    attest: Option<Spanned<AttestToml>>,
     source_date_epoch: Option<Spanned<i64>>,
     #[serde(default)]
     inputs: Inputs,
+}
+
+/// `attest = { provenance = "mode=max" | true | false, sbom = true | false | "generator=IMAGE" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttestToml {
+    provenance: Option<Switch>,
+    sbom: Option<Switch>,
+}
+
+/// `true`, `false`, or BuildKit's CSV parameters (which mean on). The strings `true` and `false` count as the
+/// booleans, so `--set app.attest.sbom=false` works.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Switch {
+    Bool(bool),
+    Params(String),
+}
+
+impl Switch {
+    /// None when off, else the parameters (possibly empty: all defaults).
+    fn params(self) -> Option<String> {
+        match self {
+            Switch::Bool(false) => None,
+            Switch::Bool(true) => Some(String::new()),
+            Switch::Params(p) if p == "false" => None,
+            Switch::Params(p) if p == "true" => Some(String::new()),
+            Switch::Params(p) => Some(p),
+        }
+    }
 }
 
 /// `cache_to = "TAG"` or `cache_to = { tag = "TAG", mode = "min" | "max" }`.
@@ -270,6 +305,63 @@ pub struct Service {
     pub source_date_epoch: Option<u64>,
     /// What the input digest covers.
     pub inputs: Inputs,
+    /// Named build contexts, by the name the Dockerfile uses (`FROM NAME`, `COPY --from=NAME`).
+    pub contexts: BTreeMap<String, NamedContext>,
+    /// Attestations attached to the image.
+    pub attest: Attest,
+}
+
+/// What a named build context is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// `service:NAME`: the image of another service in this run (pinned by digest; implies `depends_on`).
+    Service(String),
+    /// A source BuildKit fetches itself, as written: `docker-image://REF`, `git://...`, `https://...`.
+    Remote(String),
+    /// A local directory (absolute), sent through the session with its own `.dockerignore`.
+    Local(PathBuf),
+}
+
+/// Attestations to attach, as BuildKit's `attest:TYPE` parameters (CSV; empty: the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attest {
+    /// SLSA provenance, e.g. `mode=min`.
+    pub provenance: Option<String>,
+    /// SBOM, e.g. `generator=IMAGE`.
+    pub sbom: Option<String>,
+}
+
+impl Attest {
+    /// Whether any attestation is asked for.
+    pub fn any(&self) -> bool {
+        self.provenance.is_some() || self.sbom.is_some()
+    }
+}
+
+/// Checks provenance parameters as BuildKit reads them (`mode=min|max`, ...), naming what is wrong.
+pub fn validate_provenance(params: &str) -> Result<(), String> {
+    const KEYS: &[&str] = &[
+        "mode",
+        "builder-id",
+        "reproducible",
+        "inline-only",
+        "filename",
+        "capture-usage",
+        "version",
+    ];
+    for part in params.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        if !KEYS.contains(&k) {
+            return Err(format!(
+                "unknown provenance parameter `{k}` (known: {})",
+                KEYS.join(", ")
+            ));
+        }
+        if k == "mode" && !["min", "max", "full"].contains(&v) {
+            return Err(format!("provenance mode `{v}`: use `min` or `max`"));
+        }
+    }
+    Ok(())
 }
 
 /// A loaded config: where it is, and its services in dependency order (dependencies first).
@@ -591,6 +683,75 @@ impl Workspace {
                 Some(e) => Some(e.into_inner() as u64),
                 None => None,
             };
+            let mut context_deps: Vec<Spanned<String>> = Vec::new();
+            let mut contexts = BTreeMap::new();
+            for (cname, value) in svc.contexts {
+                let at_value =
+                    |m: String| at.err(value.span(), format!("{}: {m}", key("contexts")));
+                if cname.is_empty()
+                    || cname.chars().any(char::is_whitespace)
+                    || ["context", "dockerfile", "scratch"]
+                        .contains(&cname.to_ascii_lowercase().as_str())
+                {
+                    return Err(at_value(format!(
+                        "`{cname}` cannot name a build context (not empty, no spaces, not `context`, `dockerfile` or `scratch`)"
+                    )));
+                }
+                let v = value.get_ref();
+                let named = if let Some(other) = v.strip_prefix("service:") {
+                    if !names.iter().any(|n| n == other) || other == name {
+                        return Err(at_value(format!(
+                            "`{v}`: no other service `{other}`; name one of {}",
+                            names
+                                .iter()
+                                .filter(|n| **n != name)
+                                .map(|n| format!("`{n}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    }
+                    context_deps.push(Spanned::new(value.span(), other.to_owned()));
+                    NamedContext::Service(other.to_owned())
+                } else if v.starts_with("oci-layout://")
+                    || v.starts_with("input:")
+                    || v.starts_with("local:")
+                {
+                    return Err(at_value(format!(
+                        "`{v}`: buildopt serves no OCI layout or frontend input; use `service:NAME`, `docker-image://REF` or a directory"
+                    )));
+                } else if ["docker-image://", "git://", "git@", "https://", "http://"]
+                    .iter()
+                    .any(|p| v.starts_with(p))
+                {
+                    NamedContext::Remote(v.clone())
+                } else {
+                    let dir = root.join(v);
+                    if !dir.is_dir() {
+                        return Err(at_value(format!(
+                            "`{v}`: no directory there (it is relative to {}); or use `service:NAME`, `docker-image://REF`",
+                            root.display()
+                        )));
+                    }
+                    NamedContext::Local(dir)
+                };
+                contexts.insert(cname, named);
+            }
+            let attest = match svc.attest {
+                None => Attest::default(),
+                Some(a) => {
+                    let span = a.span();
+                    let a = a.into_inner();
+                    let attest = Attest {
+                        provenance: a.provenance.and_then(Switch::params),
+                        sbom: a.sbom.and_then(Switch::params),
+                    };
+                    if let Some(p) = &attest.provenance {
+                        validate_provenance(p)
+                            .map_err(|m| at.err(span, format!("{}: {m}", key("attest"))))?;
+                    }
+                    attest
+                }
+            };
             let mut depends_on = Vec::new();
             for d in &svc.depends_on {
                 if !names.contains(d.get_ref()) {
@@ -612,6 +773,13 @@ impl Workspace {
                 }
                 depends_on.push(d.get_ref().clone());
             }
+            let mut edges = svc.depends_on;
+            for d in context_deps {
+                if !depends_on.contains(d.get_ref()) {
+                    depends_on.push(d.get_ref().clone());
+                    edges.push(d);
+                }
+            }
             services.push((
                 Service {
                     name,
@@ -629,8 +797,10 @@ impl Workspace {
                     labels: svc.labels,
                     source_date_epoch,
                     inputs: svc.inputs,
+                    contexts,
+                    attest,
                 },
-                svc.depends_on,
+                edges,
             ));
         }
 
@@ -776,7 +946,7 @@ const LIST_KEYS: &[&str] = &["tags", "platforms", "depends_on", "cache_from"];
 /// Keys whose `--set` value is an integer.
 const INTEGER_KEYS: &[&str] = &["source_date_epoch"];
 /// Keys that are tables of strings: `--set SERVICE.build_args.NAME=VALUE`.
-const MAP_KEYS: &[&str] = &["build_args", "labels"];
+const MAP_KEYS: &[&str] = &["build_args", "labels", "contexts", "attest"];
 
 /// Puts one `--set` into the parsed file, as bake does: `SERVICE.KEY=VALUE` (or `*` for every service) replaces
 /// the key; `SERVICE.build_args.NAME=VALUE` sets one entry of a table key. Values carry `span` (the `--set`'s own

@@ -283,9 +283,15 @@ impl DockerIgnore {
         {
             return DockerIgnore::parse(specific_path, read_from, &bytes);
         }
-        let default_path = context.join(".dockerignore");
+        DockerIgnore::load_dir(context)
+    }
+
+    /// The `.dockerignore` at the root of `dir` alone, as the frontend reads it for a named local context (which has
+    /// no Dockerfile beside it); none when it is missing or empty.
+    pub fn load_dir(dir: &Path) -> Result<DockerIgnore, ContextError> {
+        let default_path = dir.join(".dockerignore");
         let bytes = frontend::read_from_copy(
-            context,
+            dir,
             &[b".dockerignore".to_vec()],
             b".dockerignore",
             &default_path,

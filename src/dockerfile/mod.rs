@@ -269,3 +269,22 @@ impl fmt::Display for Prediction {
         }
     }
 }
+
+/// The stage names (`FROM ... AS NAME`, lowercased) of a Dockerfile; empty when it cannot be parsed. A named build
+/// context of the same name would replace the whole stage, so callers use this to keep theirs apart.
+pub fn stage_names(dockerfile: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(dockerfile);
+    let Ok(ast) = parser::parse(&text) else {
+        return Vec::new();
+    };
+    ast.nodes
+        .iter()
+        .filter_map(|node| match instructions::instruction(node) {
+            Ok(instructions::Instruction {
+                kind: instructions::Kind::From { name, .. },
+                ..
+            }) => name,
+            _ => None,
+        })
+        .collect()
+}

@@ -3,6 +3,8 @@
 /// Shared helpers: temporary workspaces and running the binary.
 mod common;
 
+/// Bake-level features: `FROM <service>`, named contexts, attestations.
+mod bake;
 /// Real builds through the real BuildKit into the real registry.
 mod buildkit;
 /// Made for CI: variables, overrides, branch caches, CI outputs.

@@ -1,0 +1,156 @@
+//! Bake-level build features: `FROM <service>`, named build contexts, attestations.
+
+use crate::common::{Services, Tree, daemon_lock, summary};
+
+/// Every path in every layer of `repo:tag` (a single-platform image manifest).
+fn files(s: &Services, repo: &str, tag: &str) -> Vec<String> {
+    let m = s.manifest(repo, tag).expect("manifest");
+    let m = if m["manifests"].is_array() {
+        // An index (attestations): the image manifest is the one with a real platform.
+        let child = m["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["platform"]["os"] != "unknown")
+            .expect("an image manifest")["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        s.manifest(repo, &child).unwrap()
+    } else {
+        m
+    };
+    let mut out: Vec<String> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| s.layer_listing(repo, l["digest"].as_str().unwrap()))
+        .map(|l| l.split_once(' ').unwrap().1.to_owned())
+        .filter(|p| !p.ends_with('/'))
+        .collect();
+    out.sort();
+    out
+}
+
+fn build(t: &Tree, args: &[&str]) -> String {
+    let _shared = daemon_lock().read().unwrap_or_else(|p| p.into_inner());
+    let (code, _, err) = t.run(&[&["--progress", "plain", "build"], args].concat());
+    assert_eq!(code, 0, "{err}");
+    err
+}
+
+/// `FROM base` names the service `base` of this run (pinned to the image it just built); `contexts` adds a local
+/// directory (hashed with its own `.dockerignore`) and another service under names the Dockerfile uses.
+#[test]
+fn from_a_service_by_name_and_named_contexts() {
+    let s = Services::get();
+    let (t, repos) = Tree::workspace(&[("base", &[]), ("tool", &[]), ("app", &["base"])]);
+    let t = t
+        .file("base/Dockerfile", "FROM scratch\nCOPY base.txt /\n")
+        .file("base/base.txt", "base v1")
+        .file("tool/Dockerfile", "FROM scratch\nCOPY tool.txt /\n")
+        .file("tool/tool.txt", "tool")
+        .file(
+            "app/Dockerfile",
+            "FROM base\nCOPY --from=assets a.txt /\nCOPY --from=helper /tool.txt /from-tool.txt\nCOPY app.txt /\n",
+        )
+        .file("app/app.txt", "app")
+        .file("assets/a.txt", "a v1")
+        .file("assets/ignored.txt", "not sent")
+        .file("assets/.dockerignore", "ignored.txt\n");
+    t.append(
+        "buildopt.toml",
+        "contexts = { assets = \"assets\", helper = \"service:tool\" }\n",
+    );
+    let err = build(&t, &[]);
+    assert_eq!(summary(&err).len(), 3, "{err}");
+    assert_eq!(
+        files(&s, &repos[2], "latest"),
+        ["a.txt", "app.txt", "base.txt", "from-tool.txt"],
+        "{err}"
+    );
+
+    // A file the named context's .dockerignore leaves out is not an input; one it keeps is.
+    std::fs::write(t.join("assets/ignored.txt"), "still not sent").unwrap();
+    let plan = t.run_ok(&["plan"]);
+    assert!(plan.contains("app") && !plan.contains("build:"), "{plan}");
+    std::fs::write(t.join("assets/a.txt"), "a v2").unwrap();
+    std::fs::write(t.join("base/base.txt"), "base v2").unwrap();
+    let plan = t.run_ok(&["plan"]);
+    assert!(plan.contains("build context assets changed"), "{plan}");
+    let err = build(&t, &[]);
+    assert!(
+        summary(&err).contains(&("built".to_owned(), "app".to_owned())),
+        "{err}"
+    );
+    // The new base, not whatever `latest` pointed at before: pinned by digest.
+    let base_layer = s.manifest(&repos[0], "latest").unwrap()["layers"][0]["digest"].clone();
+    let app = s.manifest(&repos[2], "latest").unwrap();
+    assert_eq!(app["layers"][0]["digest"], base_layer, "{app}");
+}
+
+/// A bad named context is a configuration error naming the key.
+#[test]
+fn a_bad_named_context_names_the_key() {
+    let (t, _) = Tree::workspace(&[("app", &[])]);
+    let t = t.file("app/Dockerfile", "FROM scratch\n");
+    for (value, expect) in [
+        ("\"service:nosuch\"", "no other service `nosuch`"),
+        ("\"missing-dir\"", "no directory there"),
+        ("\"oci-layout://x@sha256:00\"", "serves no OCI layout"),
+    ] {
+        let t = Tree::new()
+            .file(
+                "buildopt.toml",
+                std::fs::read_to_string(t.join("buildopt.toml")).unwrap(),
+            )
+            .file("app/Dockerfile", "FROM scratch\n");
+        t.append("buildopt.toml", &format!("contexts = {{ x = {value} }}\n"));
+        let (code, _, err) = t.run(&["plan", "--local"]);
+        assert_eq!(code, 2, "{value}: {err}");
+        assert!(
+            err.contains("`services.app.contexts`") && err.contains(expect),
+            "{value}: {err}"
+        );
+    }
+}
+
+/// `attest = { provenance = "mode=max" }` pushes an index with the provenance attestation manifest beside the image;
+/// the content tag points at the index, and the next run skips it.
+#[test]
+fn provenance_is_attached_to_the_pushed_image() {
+    let s = Services::get();
+    let (t, repos) = Tree::workspace(&[("app", &[])]);
+    let t = t
+        .file("app/Dockerfile", "FROM scratch\nCOPY f /\n")
+        .file("app/f", "attested");
+    t.append("buildopt.toml", "attest = { provenance = \"mode=max\" }\n");
+    build(&t, &[]);
+    let index = s.manifest(&repos[0], "latest").unwrap();
+    let manifests = index["manifests"].as_array().expect("an index");
+    let attestation = manifests
+        .iter()
+        .find(|d| d["annotations"]["vnd.docker.reference.type"] == "attestation-manifest")
+        .unwrap_or_else(|| panic!("no attestation manifest: {index}"));
+    let m = s
+        .manifest(&repos[0], attestation["digest"].as_str().unwrap())
+        .unwrap();
+    assert!(
+        m["layers"].as_array().unwrap().iter().any(|l| {
+            l["annotations"]["in-toto.io/predicate-type"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("https://slsa.dev/provenance/"))
+        }),
+        "{m}"
+    );
+    assert_eq!(files(&s, &repos[0], "latest"), ["f"]);
+    let err = build(&t, &[]);
+    assert_eq!(
+        summary(&err),
+        [("skipped".to_owned(), "app".to_owned())],
+        "{err}"
+    );
+    // Turning it off is a different build.
+    let plan = t.run_ok(&["plan", "--set", "app.attest.provenance=false"]);
+    assert!(plan.contains("provenance attestation changed"), "{plan}");
+}
