@@ -1319,6 +1319,11 @@ fn validate_requested_tag(tag: &str) -> Result<(), String> {
             crate::registry::CONTENT_TAG_PREFIX
         ));
     }
+    if tag.starts_with("sha256-") {
+        return Err(format!(
+            "tag `{tag}` starts with `sha256-`, the tag the OCI referrers fallback gives an image's attached artifacts (buildopt's input manifests among them); choose another tag"
+        ));
+    }
     Ok(())
 }
 
