@@ -23,6 +23,7 @@ const SERVER_PROTOS: &[&str] = &[
     "proto/grpc/health/v1/health.proto",
     "proto/github.com/moby/buildkit/session/filesync/filesync.proto",
     "proto/github.com/moby/buildkit/session/auth/auth.proto",
+    "proto/github.com/containerd/containerd/api/services/content/v1/content.proto",
 ];
 
 /// Read by `src/proto.rs` as `FILE_DESCRIPTOR_SET`.

@@ -896,6 +896,7 @@ pub(crate) mod tests {
             inputs: Inputs::Dockerfile,
             contexts: BTreeMap::new(),
             attest: Default::default(),
+            outputs: Vec::new(),
         };
         let inputs = hash_service(&svc, &BTreeMap::new(), &Index::disabled(), &[]).unwrap();
         (dir, svc, inputs)

@@ -40,6 +40,17 @@ pub(crate) mod google {
     }
 }
 
+/// containerd's content store, served for OCI layouts the daemon reads through the session.
+pub(crate) mod containerd {
+    pub(crate) mod services {
+        pub(crate) mod content {
+            pub(crate) mod v1 {
+                tonic::include_proto!("containerd.services.content.v1");
+            }
+        }
+    }
+}
+
 pub(crate) mod pb {
     tonic::include_proto!("pb");
 }
@@ -213,12 +224,15 @@ mod tests {
         assert_eq!(
             paths,
             [
+                "/containerd.services.content.v1.Content/Info",
+                "/containerd.services.content.v1.Content/Read",
                 "/grpc.health.v1.Health/Check",
                 "/grpc.health.v1.Health/Watch",
                 "/moby.filesync.v1.Auth/Credentials",
                 "/moby.filesync.v1.Auth/FetchToken",
                 "/moby.filesync.v1.Auth/GetTokenAuthority",
                 "/moby.filesync.v1.Auth/VerifyTokenAuthority",
+                "/moby.filesync.v1.FileSend/DiffCopy",
                 "/moby.filesync.v1.FileSync/DiffCopy",
                 "/moby.filesync.v1.FileSync/TarStream",
             ]

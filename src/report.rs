@@ -102,6 +102,9 @@ pub(crate) struct ServiceReport {
     /// Problems that did not fail it (a refused cache export, ...).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) warnings: Vec<String>,
+    /// Outputs written (`--output`, `outputs`: their paths; `--load`: where it loaded what).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) outputs: Vec<String>,
     /// Time spent on it.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "millis")]
     pub(crate) duration: Option<Duration>,
@@ -205,6 +208,7 @@ impl ServiceReport {
             error: None,
             location: None,
             warnings: Vec::new(),
+            outputs: Vec::new(),
             duration: None,
             cache_hits: None,
             transfers: Vec::new(),
@@ -386,6 +390,9 @@ impl BuildReport {
                 s.status.word(),
                 s.service
             )?;
+            for o in &s.outputs {
+                writeln!(out, "{:9} {:width$}  {o}", "wrote", s.service)?;
+            }
             for w in &s.warnings {
                 writeln!(out, "warning: {}: {w}", s.service)?;
             }
@@ -424,6 +431,7 @@ impl BuildReport {
                 "buildopt.cache-hit-ratio": s.cache_hits.filter(|h| h.1 > 0).map(|(c, t)| c as f64 / t as f64),
                 "buildopt.error": s.error,
                 "buildopt.warnings": s.warnings,
+                "buildopt.outputs": s.outputs,
                 "buildopt.transfers": s.transfers,
             });
             (s.service.clone(), value)

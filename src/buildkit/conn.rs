@@ -506,6 +506,47 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
+/// Loads a `docker load` tarball into the Docker Engine at `sock` (`POST /images/load`); returns what it loaded
+/// (`Loaded image: REF` lines), or its error.
+pub(crate) async fn docker_load(sock: &Path, tarball: &Path) -> std::io::Result<Vec<String>> {
+    let size = tokio::fs::metadata(tarball).await?.len();
+    let mut stream = UnixStream::connect(sock).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("connecting to the Docker Engine at {}: {e}", sock.display()),
+        )
+    })?;
+    let head = format!(
+        "POST /images/load?quiet=1 HTTP/1.1\r\nHost: docker\r\nContent-Type: application/x-tar\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut file = tokio::fs::File::open(tarball).await?;
+    tokio::io::copy(&mut file, &mut stream).await?;
+    let (status, mut body) = read_http_head(&mut stream).await?;
+    stream.read_to_end(&mut body).await?;
+    let text = String::from_utf8_lossy(&body);
+    // The body is a stream of JSON objects (possibly chunk-framed): pick out the messages.
+    let mut loaded = Vec::new();
+    for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
+            continue;
+        };
+        if let Some(e) = v["errorDetail"]["message"].as_str().or(v["error"].as_str()) {
+            return Err(std::io::Error::other(format!("docker load: {e}")));
+        }
+        if let Some(s) = v["stream"].as_str() {
+            loaded.extend(s.lines().map(str::to_owned).filter(|l| !l.is_empty()));
+        }
+    }
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!(
+            "docker load: the Docker Engine answered {status}: {}",
+            text.trim()
+        )));
+    }
+    Ok(loaded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

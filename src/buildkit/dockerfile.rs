@@ -36,6 +36,28 @@ impl NetworkMode {
     }
 }
 
+/// A dependency of a solve: the service and the image it resolved to in this run (built or found).
+#[derive(Debug, Clone)]
+pub(crate) struct Dependency {
+    /// The service.
+    pub(crate) service: Service,
+    /// Its image's manifest (or index) digest.
+    pub(crate) image: String,
+    /// Where the image is when it was not pushed (`--no-push`): an OCI layout the session serves to the daemon.
+    pub(crate) layout: Option<LocalImage>,
+}
+
+/// An image in an OCI layout on this machine, served through the session's content store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LocalImage {
+    /// The store ID (`oci-layout://STORE@DIGEST`; the session routes `oci:STORE` to the layout).
+    pub(crate) store: String,
+    /// The layout directory (`index.json`, `blobs/`).
+    pub(crate) dir: std::path::PathBuf,
+    /// The image's manifest digest in the layout.
+    pub(crate) digest: String,
+}
+
 /// Everything about one service's solve that is not in its [`Service`].
 #[derive(Debug, Clone)]
 pub(crate) struct DockerfileSolve<'a> {
@@ -54,10 +76,30 @@ pub(crate) struct DockerfileSolve<'a> {
     pub(crate) image: bool,
     /// RUN steps' network.
     pub(crate) network: NetworkMode,
-    /// The dependencies and the image digest each resolved to in this run.
-    pub(crate) deps: &'a [(Service, String)],
+    /// The dependencies and the image each resolved to in this run.
+    pub(crate) deps: &'a [Dependency],
     /// The stage names of the Dockerfile (a named context of the same name would replace the stage).
     pub(crate) stages: &'a [String],
+    /// Further exporters (outputs to the client), after the image's.
+    pub(crate) outputs: &'a [ExporterSpec],
+}
+
+/// The solve that writes `outputs` from an image that exists (a skipped service's), without building anything: a
+/// Dockerfile `FROM IMAGE@DIGEST` (served from a directory holding only it) for the service's platforms.
+pub(crate) fn materialize(reference: String, svc: &Service, outputs: &[ExporterSpec]) -> SolveSpec {
+    let mut attrs = BTreeMap::from([("filename".to_owned(), "Dockerfile".to_owned())]);
+    if !svc.platforms.is_empty() {
+        attrs.insert("platform".to_owned(), svc.platforms.join(","));
+    }
+    SolveSpec {
+        reference,
+        frontend: FRONTEND.to_owned(),
+        frontend_attrs: attrs,
+        exporters: outputs.to_vec(),
+        cache_exports: Vec::new(),
+        cache_imports: Vec::new(),
+        entitlements: Vec::new(),
+    }
 }
 
 /// Whether `name` is looked up as written: the frontend reads `FROM NAME` as the short form of a lowercase image
@@ -99,13 +141,17 @@ impl DockerfileSolve<'_> {
         }
         // A dependency is pinned by digest (built in this run or found by its content tag), so `FROM <its image>`
         // and `FROM <service name>` never pull a stale tag.
+        // One that was not pushed is read from the OCI layout this session serves.
         let pinned = |dep: &str| {
             self.deps
                 .iter()
-                .find(|(d, _)| d.name == dep)
-                .map(|(d, image)| format!("docker-image://{}/{}@{image}", reg.url, d.image))
+                .find(|d| d.service.name == dep)
+                .map(|d| match &d.layout {
+                    Some(l) => format!("oci-layout://{}@{}", l.store, l.digest),
+                    None => format!("docker-image://{}/{}@{}", reg.url, d.service.image, d.image),
+                })
         };
-        for (dep, _) in self.deps {
+        for dep in self.deps.iter().map(|d| &d.service) {
             let Some(pinned) = pinned(&dep.name) else {
                 continue;
             };
@@ -167,9 +213,12 @@ impl DockerfileSolve<'_> {
                 .iter()
                 .map(|t| reg.reference(&svc.image, t))
                 .collect();
+            // OCI media types, as the `oci` exporter writes the layout dependents read (`--no-push`), so both
+            // exporters produce the same manifest digest.
             [
                 ("name".to_owned(), names.join(",")),
                 ("push".to_owned(), "false".to_owned()),
+                ("oci-mediatypes".to_owned(), "true".to_owned()),
             ]
             .into()
         };
@@ -223,7 +272,10 @@ impl DockerfileSolve<'_> {
                 }]
             } else {
                 Vec::new()
-            },
+            }
+            .into_iter()
+            .chain(self.outputs.iter().cloned())
+            .collect(),
             cache_exports,
             cache_imports,
             entitlements,

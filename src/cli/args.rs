@@ -171,6 +171,15 @@ pub struct BuildArgs {
     /// Do not push (the image stays in the daemon's store).
     #[arg(long, overrides_with = "push")]
     pub no_push: bool,
+    /// Also write each service's result here, in buildx's syntax: type=local,dest=DIR | type=tar,dest=FILE |
+    /// type=oci,dest=FILE | type=docker,dest=FILE (repeatable; `{service}` in dest is the service name, needed when
+    /// several services are built). A skipped service's output is made from its existing image.
+    #[arg(long, short = 'o', value_name = "SPEC")]
+    pub output: Vec<String>,
+    /// Also load each image into the local Docker Engine (the builder's when it is docker://, else DOCKER_HOST),
+    /// under its requested tags.
+    #[arg(long)]
+    pub load: bool,
     /// Export the build cache to the registry under each service's `cache_to` tag (when pushing), or not.
     #[arg(long, value_enum, default_value_t = CacheMode::Registry, env = "BUILDOPT_CACHE_TO")]
     pub cache_to: CacheMode,

@@ -20,9 +20,12 @@ use super::{
     CACHE_DIR, Context as _, Error, ExitStatus, RegistrySetup, hash_all, registry_setup, select,
 };
 use crate::auth::Keychain;
+use crate::buildkit::ExporterSpec;
+use crate::buildkit::dockerfile::{Dependency, LocalImage};
 use crate::buildkit::dockerfile::{DockerfileSolve, NETWORK_HOST, NetworkMode};
 use crate::buildkit::{Client, RpcError};
 use crate::cli::args::{BuildArgs, CacheMode, DaemonArgs};
+use crate::config::{Output, OutputKind};
 use crate::config::{Registry, Service, Workspace};
 use crate::digest::Digest;
 use crate::error::one_line;
@@ -36,6 +39,7 @@ use crate::registry::promote::{
 use crate::registry::verify::Verifier;
 use crate::registry::{RegistryError, content_tag};
 use crate::report::{BuildReport, Location, ServiceReport, Status, TransferSummary};
+use crate::session::Sink;
 use crate::session::{LOCAL_CONTEXT, LOCAL_DOCKERFILE, Session, SessionError, new_id};
 use crate::state::{ServiceState, StateStore};
 
@@ -92,6 +96,9 @@ enum ServiceError {
     /// The run was stopped before this service finished.
     #[error("stopped before it finished")]
     Interrupted,
+    /// An output (`--output`, `outputs`) was not written.
+    #[error("output: {0}")]
+    Output(String),
 }
 
 impl ServiceError {
@@ -134,6 +141,10 @@ enum Outcome {
         transfers: Vec<TransferSummary>,
         /// The input digest whose content tag it got (None when not pushed).
         tagged_for: Option<Digest>,
+        /// Outputs written.
+        outputs: Vec<String>,
+        /// The image as an OCI layout on this machine, for dependents, when it was not pushed.
+        layout: Option<LocalImage>,
         elapsed: Duration,
     },
     /// Its image existed; its tags were pointed at it (and its missing registry cache exported, when asked).
@@ -141,6 +152,8 @@ enum Outcome {
         image: String,
         tags: Vec<TagMove>,
         warnings: Vec<String>,
+        /// Outputs written (from the existing image).
+        outputs: Vec<String>,
         elapsed: Duration,
     },
     /// Failed; `image` is the image it was tagging when that failed.
@@ -159,6 +172,14 @@ impl Outcome {
         match self {
             Outcome::Built { image, .. } | Outcome::Skipped { image, .. } => Some(image),
             Outcome::Failed { .. } => None,
+        }
+    }
+
+    /// Where that image is when it was not pushed.
+    fn layout(&self) -> Option<&LocalImage> {
+        match self {
+            Outcome::Built { layout, .. } => layout.as_ref(),
+            _ => None,
         }
     }
 }
@@ -184,6 +205,93 @@ struct RunContext {
     ledger: TagLedger,
     own: Vec<PathBuf>,
     progress: Progress,
+    /// `--output`s, for every service (dest absolute, may hold `{service}`).
+    outputs: Vec<Output>,
+    /// Services another selected service depends on: without pushing, they are also kept as OCI layouts.
+    dependencies: std::collections::HashSet<String>,
+    /// buildopt's cache directory (`.build-cache`).
+    cache_dir: PathBuf,
+    /// `--load`: the Docker Engine's socket.
+    load: Option<PathBuf>,
+}
+
+impl RunContext {
+    /// Every output of `svc`: its own, then the run's.
+    fn outputs_of(&self, svc: &Service) -> Vec<Output> {
+        let mut outputs: Vec<Output> = svc.outputs.iter().chain(&self.outputs).cloned().collect();
+        if self.load.is_some() {
+            let names: Vec<String> = svc
+                .tags
+                .iter()
+                .map(|t| self.registry.reference(&svc.image, t))
+                .collect();
+            outputs.push(Output {
+                kind: OutputKind::Docker,
+                dest: self.load_tar(svc).to_string_lossy().into_owned(),
+                attrs: [("name".to_owned(), names.join(","))].into(),
+            });
+        }
+        outputs
+    }
+
+    /// Where the `--load` tarball of `svc` is received.
+    fn load_tar(&self, svc: &Service) -> PathBuf {
+        self.cache_dir
+            .join("load")
+            .join(format!("{}.tar", Digest::of(svc.name.as_bytes()).short()))
+    }
+
+    /// Whether a skipped `svc` still needs a solve: its registry cache is missing, or it has outputs.
+    fn skip_needs_daemon(&self, svc: &Service, plan: &ServicePlan) -> bool {
+        (plan.export_cache && self.cache_to && self.push) || !self.outputs_of(svc).is_empty()
+    }
+}
+
+/// The `--output`s of a run, checked before anything is built: they parse, they name each service's own
+/// destination when several are built, no two services write the same place, and their directories are there.
+fn prepare_outputs(args: &BuildArgs, services: &[Service]) -> Result<Vec<Output>, Error> {
+    let cwd = std::env::current_dir()?;
+    let mut outputs = Vec::new();
+    for spec in &args.output {
+        let o: Output = spec
+            .parse()
+            .map_err(|m| Error::usage(format!("--output `{spec}`: {m}")))?;
+        if services.len() > 1 && !o.dest.contains(crate::config::output::SERVICE_PLACEHOLDER) {
+            return Err(Error::usage(format!(
+                "--output `{spec}`: {} services are built; put `{}` in dest so that each writes its own (e.g. dest=out/{}.tar)",
+                services.len(),
+                crate::config::output::SERVICE_PLACEHOLDER,
+                crate::config::output::SERVICE_PLACEHOLDER
+            )));
+        }
+        outputs.push(o.resolved(&cwd));
+    }
+    let mut seen: HashMap<PathBuf, &str> = HashMap::new();
+    for svc in services {
+        for o in svc.outputs.iter().chain(&outputs) {
+            let dest = o.dest_for(&svc.name, Path::new("/"));
+            if let Some(other) = seen.insert(dest.clone(), &svc.name) {
+                return Err(Error::usage(format!(
+                    "services `{other}` and `{}` would both write {}; give each its own dest",
+                    svc.name,
+                    dest.display()
+                )));
+            }
+            let dir = match o.kind {
+                OutputKind::Local => Some(dest.as_path()),
+                _ => dest.parent(),
+            };
+            if let Some(dir) = dir {
+                fs_err::create_dir_all(dir).map_err(|e| {
+                    Error::usage(format!(
+                        "output of `{}`: {e}; choose another dest",
+                        svc.name
+                    ))
+                })?;
+            }
+        }
+    }
+    Ok(outputs)
 }
 
 pub(super) fn run(
@@ -209,6 +317,14 @@ pub(super) fn run(
     let hidden: Vec<PathBuf> = metadata.iter().map(|m| super::own_path(&m.path)).collect();
     let started = Instant::now();
     let services: Vec<Service> = select(ws, &args.services)?.into_iter().cloned().collect();
+    let outputs = prepare_outputs(args, &services)?;
+    let load = if args.load {
+        let sock = super::daemon::docker_engine(&args.daemon, ws)?;
+        fs_err::create_dir_all(ws.root.join(CACHE_DIR).join("load"))?;
+        Some(sock)
+    } else {
+        None
+    };
     let refs: Vec<&Service> = services.iter().collect();
     let inputs = hash_all(ws, &refs, &hidden)?;
     let network = match args.network {
@@ -261,6 +377,13 @@ pub(super) fn run(
             ledger: TagLedger::default(),
             own: super::own_dirs(ws).into_iter().chain(hidden).collect(),
             progress: Progress::new(progress, printer),
+            outputs,
+            dependencies: services
+                .iter()
+                .flat_map(|s| s.depends_on.iter().cloned())
+                .collect(),
+            cache_dir: ws.root.join(CACHE_DIR),
+            load,
         });
         let planned = report_of(&ctx, &runs, None, None, &HashMap::new());
         if args.dry_run {
@@ -384,8 +507,11 @@ fn report_of(
                     cache_hits,
                     transfers,
                     tagged_for,
+                    outputs,
                     elapsed,
+                    ..
                 }) => {
+                    report.outputs.clone_from(outputs);
                     report.status = Status::Built;
                     if let Some(d) = tagged_for {
                         report.content_tag =
@@ -403,8 +529,10 @@ fn report_of(
                     image,
                     tags,
                     warnings,
+                    outputs,
                     elapsed,
                 }) => {
+                    report.outputs.clone_from(outputs);
                     report.set_tags(tags, back);
                     report.warnings.clone_from(warnings);
                     report.status = if report.tags.iter().any(|t| t.state == "moved") {
@@ -486,20 +614,22 @@ async fn execute(
             if started[i] || runs[i].outcome.is_some() {
                 continue;
             }
-            let deps: Option<Vec<(Service, String)>> = runs[i]
+            let deps: Option<Vec<Dependency>> = runs[i]
                 .service
                 .depends_on
                 .iter()
                 .map(|d| {
                     let dep = runs.iter().find(|r| &r.service.name == d)?;
-                    Some((
-                        dep.service.clone(),
-                        dep.outcome.as_ref()?.usable_image()?.to_owned(),
-                    ))
+                    let outcome = dep.outcome.as_ref()?;
+                    Some(Dependency {
+                        service: dep.service.clone(),
+                        image: outcome.usable_image()?.to_owned(),
+                        layout: outcome.layout().cloned(),
+                    })
                 })
                 .collect();
             let Some(deps) = deps else { continue };
-            let export_cache = runs[i].plan.export_cache && ctx.cache_to && ctx.push;
+            let export_cache = ctx.skip_needs_daemon(&runs[i].service, &runs[i].plan);
             match &runs[i].plan.decision {
                 Decision::Skip { image } if export_cache && building < jobs => {
                     started[i] = true;
@@ -513,15 +643,17 @@ async fn execute(
                         .await
                         .clone();
                     let (ctx, run) = (ctx.clone(), &runs[i]);
-                    let (svc, inputs, image) =
-                        (run.service.clone(), run.inputs.clone(), image.clone());
-                    let sp = ctx.progress.service(&svc.name);
+                    let (svc, inputs, image, plan) = (
+                        run.service.clone(),
+                        run.inputs.clone(),
+                        image.clone(),
+                        run.plan.clone(),
+                    );
                     let id = tasks
                         .spawn(async move {
-                            let outcome = promote_and_export_cache(
-                                &ctx, client, &svc, &inputs, &deps, image, sp,
-                            )
-                            .await;
+                            let outcome =
+                                skip_with_solves(&ctx, client, &svc, &inputs, &deps, image, &plan)
+                                    .await;
                             (i, outcome)
                         })
                         .id();
@@ -598,7 +730,7 @@ async fn execute(
             }
         };
         if matches!(runs[i].plan.decision, Decision::Build | Decision::Unchanged)
-            || (runs[i].plan.export_cache && ctx.cache_to && ctx.push)
+            || ctx.skip_needs_daemon(&runs[i].service, &runs[i].plan)
         {
             building -= 1;
         }
@@ -637,6 +769,7 @@ async fn promote(ctx: &RunContext, svc: &Service, image: String) -> Outcome {
             image,
             tags: Vec::new(),
             warnings: Vec::new(),
+            outputs: Vec::new(),
             elapsed: started.elapsed(),
         };
     }
@@ -646,6 +779,7 @@ async fn promote(ctx: &RunContext, svc: &Service, image: String) -> Outcome {
             image,
             tags,
             warnings: Vec::new(),
+            outputs: Vec::new(),
             elapsed: started.elapsed(),
         },
         Some(e) => Outcome::Failed {
@@ -658,58 +792,89 @@ async fn promote(ctx: &RunContext, svc: &Service, image: String) -> Outcome {
     }
 }
 
-/// A skipped service whose registry cache is missing: its tags are pointed at its image, then the cache is exported
-/// by a solve that produces no image (BuildKit runs the steps it has no cache for, but nothing is pushed or tagged).
-/// A failed export is a warning: the skip itself is right either way.
-async fn promote_and_export_cache(
+/// A skipped service that still needs the daemon: its outputs are written from its existing image (before any tag
+/// moves, so a failed output moves nothing), its tags pointed at the image, then a missing registry cache is
+/// exported by a solve that produces no image (BuildKit runs the steps it has no cache for; nothing is pushed or
+/// tagged). A failed cache export is a warning: the skip itself is right either way.
+async fn skip_with_solves(
     ctx: &RunContext,
     client: Result<Client, Arc<super::daemon::ConnectFailure>>,
     svc: &Service,
     inputs: &ServiceInputs,
-    deps: &[(Service, String)],
+    deps: &[Dependency],
     image: String,
-    progress: ServiceProgress,
+    plan: &ServicePlan,
 ) -> Outcome {
+    let started = Instant::now();
+    let mut written = Vec::new();
+    if !ctx.outputs_of(svc).is_empty() {
+        let made = match &client {
+            Err(e) => Err(ServiceError::Connect(e.clone())),
+            Ok(client) => {
+                let progress = ctx.progress.service(&svc.name);
+                let kind = SolveKind::Materialize(image.clone());
+                solve(ctx, client, svc, inputs, deps, kind, progress)
+                    .await
+                    .0
+            }
+        };
+        match made {
+            Ok(solved) => written = solved.outputs,
+            Err(error) => {
+                return Outcome::Failed {
+                    error,
+                    image: Some(image),
+                    tags: Vec::new(),
+                    transfers: Vec::new(),
+                    elapsed: Some(started.elapsed()),
+                };
+            }
+        }
+    }
     let outcome = promote(ctx, svc, image).await;
     let Outcome::Skipped {
         image,
         tags,
         mut warnings,
         elapsed,
+        ..
     } = outcome
     else {
         return outcome;
     };
-    let started = Instant::now();
-    let cache_ref = ctx.registry.reference(&svc.image, &svc.cache_tag);
-    let exported = match client {
-        Err(e) => Err(ServiceError::Connect(e)),
-        Ok(client) => {
-            solve(
-                ctx,
-                &client,
-                svc,
-                inputs,
-                deps,
-                SolveKind::CacheOnly,
-                progress,
-            )
-            .await
-            .0
+    if plan.export_cache && ctx.cache_to && ctx.push {
+        let cache_ref = ctx.registry.reference(&svc.image, &svc.cache_tag);
+        let exported = match client {
+            Err(e) => Err(ServiceError::Connect(e)),
+            Ok(client) => {
+                let progress = ctx.progress.service(&svc.name);
+                solve(
+                    ctx,
+                    &client,
+                    svc,
+                    inputs,
+                    deps,
+                    SolveKind::CacheOnly,
+                    progress,
+                )
+                .await
+                .0
+            }
+        };
+        match exported {
+            Ok(solved) => warnings.extend(solved.warnings),
+            Err(e) => warnings.push(format!(
+                "exporting the missing registry cache to {cache_ref} failed: {}; the image was skipped and tagged all the same",
+                one_line(&e)
+            )),
         }
-    };
-    match exported {
-        Ok(solved) => warnings.extend(solved.warnings),
-        Err(e) => warnings.push(format!(
-            "exporting the missing registry cache to {cache_ref} failed: {}; the image was skipped and tagged all the same",
-            one_line(&e)
-        )),
     }
     Outcome::Skipped {
         image,
         tags,
         warnings,
-        elapsed: elapsed + started.elapsed(),
+        outputs: written,
+        elapsed: elapsed.max(started.elapsed()),
     }
 }
 
@@ -814,7 +979,7 @@ async fn build(
     client: &Client,
     svc: &Service,
     inputs: &ServiceInputs,
-    deps: &[(Service, String)],
+    deps: &[Dependency],
     progress: ServiceProgress,
 ) -> Outcome {
     let started = Instant::now();
@@ -831,6 +996,8 @@ async fn build(
         image,
         cache_hits,
         warnings,
+        outputs,
+        layout,
     } = match built {
         Ok(b) => b,
         Err(e) => return failed(e, None, Vec::new()),
@@ -847,6 +1014,8 @@ async fn build(
             cache_hits,
             transfers,
             tagged_for: None,
+            outputs,
+            layout,
             elapsed: started.elapsed(),
         };
     }
@@ -894,6 +1063,8 @@ async fn build(
         cache_hits,
         transfers,
         tagged_for: Some(tagged_for),
+        outputs,
+        layout: None,
         elapsed: started.elapsed(),
     }
 }
@@ -955,12 +1126,14 @@ fn tagged_digest(
 }
 
 /// What a solve is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum SolveKind {
-    /// The image (and, when asked, the registry cache).
+    /// The image (and, when asked, the registry cache and outputs).
     Image,
     /// Only the registry cache, for an image that exists.
     CacheOnly,
+    /// Only the outputs, from an image that exists (this digest in the service's repository).
+    Materialize(String),
 }
 
 /// What a successful solve produced.
@@ -971,6 +1144,10 @@ struct Solved {
     cache_hits: (usize, usize),
     /// Problems that did not fail the build.
     warnings: Vec<String>,
+    /// Outputs written.
+    outputs: Vec<String>,
+    /// The image as an OCI layout, when kept for dependents (`--no-push`).
+    layout: Option<LocalImage>,
 }
 
 /// Runs the solve with its session and status stream. Returns the pushed image's digest, the cache hits and
@@ -980,44 +1157,132 @@ async fn solve(
     client: &Client,
     svc: &Service,
     inputs: &ServiceInputs,
-    deps: &[(Service, String)],
+    deps: &[Dependency],
     kind: SolveKind,
     mut progress: ServiceProgress,
 ) -> (Result<Solved, ServiceError>, Vec<TransferSummary>) {
-    let dockerfile_dir: PathBuf = svc
-        .dockerfile
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| svc.context.clone());
-    let mut dirs = HashMap::from([
-        (LOCAL_CONTEXT.to_owned(), svc.context.clone()),
-        (LOCAL_DOCKERFILE.to_owned(), dockerfile_dir),
-    ]);
-    dirs.extend(
-        inputs
-            .named
-            .iter()
-            .map(|n| (n.local.clone(), n.dir.clone())),
-    );
+    // Outputs follow the image's exporter (when there is one); the session receives each by its index.
+    let first = usize::from(kind == SolveKind::Image);
+    let (output_exporters, sinks): (Vec<ExporterSpec>, HashMap<String, Sink>) = match kind {
+        SolveKind::CacheOnly => (Vec::new(), HashMap::new()),
+        _ => {
+            let mut exporters = Vec::new();
+            let mut sinks = HashMap::new();
+            for (i, o) in ctx.outputs_of(svc).iter().enumerate() {
+                let dest = o.dest_for(&svc.name, Path::new("/"));
+                exporters.push(ExporterSpec {
+                    kind: o.kind.name().to_owned(),
+                    attrs: o.attrs.clone(),
+                });
+                let sink = match o.kind {
+                    OutputKind::Local => Sink::Directory(dest),
+                    _ => Sink::File(dest),
+                };
+                sinks.insert((first + i).to_string(), sink);
+            }
+            (exporters, sinks)
+        }
+    };
+    // Without pushing, an image dependents build on comes to this machine as an OCI layout, which their sessions
+    // serve to the daemon: nothing is written to the registry.
+    let layout_store = (kind == SolveKind::Image
+        && !ctx.push
+        && ctx.dependencies.contains(&svc.name))
+    .then(|| {
+        format!(
+            "buildopt-{}",
+            &Digest::of(svc.name.as_bytes()).to_string()[..16]
+        )
+    });
+    let mut output_exporters = output_exporters;
+    let mut sinks = sinks;
+    let layout_tar = layout_store.as_ref().map(|store| {
+        let tar = ctx.cache_dir.join("oci").join(format!("{store}.tar"));
+        sinks.insert(
+            (first + output_exporters.len()).to_string(),
+            Sink::File(tar.clone()),
+        );
+        output_exporters.push(ExporterSpec {
+            kind: "oci".to_owned(),
+            attrs: Default::default(),
+        });
+        tar
+    });
+    if let Some(tar) = &layout_tar
+        && let Err(e) = fs_err::create_dir_all(tar.parent().unwrap_or(Path::new(".")))
+    {
+        return (Err(ServiceError::Output(e.to_string())), Vec::new());
+    }
+    // A materializing solve reads a Dockerfile `FROM IMAGE@DIGEST` from a directory of its own.
+    let scratch = match &kind {
+        SolveKind::Materialize(image) => {
+            let dir = match tempfile::tempdir() {
+                Ok(d) => d,
+                Err(e) => return (Err(ServiceError::Output(e.to_string())), Vec::new()),
+            };
+            let from = format!("FROM {}/{}@{image}\n", ctx.registry.url, svc.image);
+            if let Err(e) = std::fs::write(dir.path().join("Dockerfile"), from) {
+                return (Err(ServiceError::Output(e.to_string())), Vec::new());
+            }
+            Some(dir)
+        }
+        _ => None,
+    };
+    let dirs = match &scratch {
+        Some(dir) => HashMap::from([
+            (LOCAL_CONTEXT.to_owned(), dir.path().to_owned()),
+            (LOCAL_DOCKERFILE.to_owned(), dir.path().to_owned()),
+        ]),
+        None => {
+            let dockerfile_dir: PathBuf = svc
+                .dockerfile
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| svc.context.clone());
+            let mut dirs = HashMap::from([
+                (LOCAL_CONTEXT.to_owned(), svc.context.clone()),
+                (LOCAL_DOCKERFILE.to_owned(), dockerfile_dir),
+            ]);
+            dirs.extend(
+                inputs
+                    .named
+                    .iter()
+                    .map(|n| (n.local.clone(), n.dir.clone())),
+            );
+            dirs
+        }
+    };
     let stages = std::fs::read(&svc.dockerfile)
         .map(|d| crate::dockerfile::stage_names(&d))
         .unwrap_or_default();
-    let session =
-        Session::new(dirs, ctx.keychain.clone(), shared_key(svc)).hide_own(ctx.own.clone());
+    let stores: HashMap<String, PathBuf> = deps
+        .iter()
+        .filter_map(|d| d.layout.as_ref())
+        .map(|l| (format!("oci:{}", l.store), l.dir.clone()))
+        .collect();
+    let session = Session::new(dirs, ctx.keychain.clone(), shared_key(svc))
+        .hide_own(ctx.own.clone())
+        .with_outputs(sinks.clone())
+        .with_stores(stores);
     let session_id = session.id().to_owned();
-    let cache_imports = ctx.cache_from.existing(ctx.verifier.client(), svc).await;
-    let spec = DockerfileSolve {
-        service: svc,
-        registry: &ctx.registry,
-        push: ctx.push,
-        cache_export: ctx.cache_to,
-        cache_imports: &cache_imports,
-        image: kind == SolveKind::Image,
-        network: ctx.network,
-        deps,
-        stages: &stages,
-    }
-    .spec(new_id());
+    let spec = if scratch.is_some() {
+        crate::buildkit::dockerfile::materialize(new_id(), svc, &output_exporters)
+    } else {
+        let cache_imports = ctx.cache_from.existing(ctx.verifier.client(), svc).await;
+        DockerfileSolve {
+            service: svc,
+            registry: &ctx.registry,
+            push: ctx.push,
+            cache_export: ctx.cache_to,
+            cache_imports: &cache_imports,
+            image: kind == SolveKind::Image,
+            network: ctx.network,
+            deps,
+            stages: &stages,
+            outputs: &output_exporters,
+        }
+        .spec(new_id())
+    };
     let cache_ref = ctx.registry.reference(&svc.image, &svc.cache_tag);
 
     // The status stream is followed on its own task, owned here; it is dropped if it outlives the build.
@@ -1059,7 +1324,7 @@ async fn solve(
         .map(|p| (p.state().cache_hits(), p.state().errors()))
         .unwrap_or_default();
     let checked = result.and_then(|outcome| {
-        let image = match kind {
+        let image = match &kind {
             SolveKind::Image => {
                 let image = outcome
                     .image_digest()
@@ -1070,7 +1335,25 @@ async fn solve(
                 Some(image)
             }
             // BuildKit keys its cache by content, so a cache exported from other files than hashed is still right.
-            SolveKind::CacheOnly => None,
+            SolveKind::CacheOnly | SolveKind::Materialize(_) => None,
+        };
+        let mut outputs = check_outputs(&sinks, &session.received())?;
+        let layout = match (&layout_store, &layout_tar) {
+            (Some(store), Some(tar)) => {
+                outputs.retain(|o| o != tar);
+                let dir = tar.with_extension("");
+                let _ = std::fs::remove_dir_all(&dir);
+                let digest = crate::session::unpack_layout(tar, &dir).map_err(|e| {
+                    ServiceError::Output(format!("unpacking {}: {e}", tar.display()))
+                })?;
+                let _ = std::fs::remove_file(tar);
+                Some(LocalImage {
+                    store: store.clone(),
+                    dir,
+                    digest,
+                })
+            }
+            _ => None,
         };
         let mut warnings = Vec::new();
         if !spec.cache_exports.is_empty()
@@ -1081,8 +1364,8 @@ async fn solve(
                 .find(|(name, _)| name.contains("cache"))
                 .map(|(_, e)| e.split_whitespace().collect::<Vec<_>>().join(" "))
                 .unwrap_or_else(|| "BuildKit reported no cache manifest".to_owned());
-            warnings.push(match kind {
-                SolveKind::Image => format!(
+            warnings.push(match &kind {
+                SolveKind::Image | SolveKind::Materialize(_) => format!(
                     "exporting the registry cache to {cache_ref} failed: {why}; the image was still pushed{}, and the next build will export it without rebuilding the image",
                     if ctx.push { " and tagged" } else { "" }
                 ),
@@ -1091,8 +1374,36 @@ async fn solve(
                 ),
             });
         }
-        Ok((image, warnings))
+        Ok((image, warnings, outputs, layout))
     });
+    // `--load`: the docker tarball goes into the Docker Engine, and is then removed.
+    let checked = match (checked, &ctx.load) {
+        (Ok((image, warnings, mut outputs, layout)), Some(sock)) => {
+            let tar = ctx.load_tar(svc);
+            match outputs.iter().position(|o| *o == tar) {
+                None => Ok((image, warnings, outputs, layout)),
+                Some(at) => {
+                    let loaded = crate::buildkit::conn::docker_load(sock, &tar).await;
+                    let _ = std::fs::remove_file(&tar);
+                    match loaded {
+                        Ok(lines) => {
+                            outputs[at] = PathBuf::from(format!(
+                                "docker ({}): {}",
+                                sock.display(),
+                                lines.join("; ")
+                            ));
+                            Ok((image, warnings, outputs, layout))
+                        }
+                        Err(e) => Err(ServiceError::Output(format!(
+                            "loading into the Docker Engine at {} failed: {e}",
+                            sock.display()
+                        ))),
+                    }
+                }
+            }
+        }
+        (checked, _) => checked,
+    };
     if let Some(p) = progress {
         p.finish(&checked.as_ref().map(|_| ()).map_err(|e| one_line(e)));
     }
@@ -1102,12 +1413,47 @@ async fn solve(
         .iter()
         .map(TransferSummary::of)
         .collect();
-    let solved = checked.map(|(image, warnings)| Solved {
+    let solved = checked.map(|(image, warnings, outputs, layout)| Solved {
         image,
         cache_hits,
         warnings,
+        outputs: outputs
+            .iter()
+            .map(|o| o.to_string_lossy().into_owned())
+            .collect(),
+        layout,
     });
     (solved, transfers)
+}
+
+/// Every output arrived whole: the paths written, or the first that did not.
+fn check_outputs(
+    sinks: &HashMap<String, Sink>,
+    received: &[crate::session::Received],
+) -> Result<Vec<PathBuf>, ServiceError> {
+    let mut ids: Vec<&String> = sinks.keys().collect();
+    ids.sort_by_key(|id| id.parse::<usize>().unwrap_or(usize::MAX));
+    let mut written = Vec::new();
+    for id in ids {
+        let (Sink::File(dest) | Sink::Directory(dest)) = &sinks[id];
+        match received.iter().find(|r| &r.id == id) {
+            Some(r) if r.error.is_none() => written.push(dest.clone()),
+            Some(r) => {
+                return Err(ServiceError::Output(format!(
+                    "writing {} failed: {}",
+                    dest.display(),
+                    r.error.as_deref().unwrap_or_default()
+                )));
+            }
+            None => {
+                return Err(ServiceError::Output(format!(
+                    "BuildKit sent nothing for the output {}",
+                    dest.display()
+                )));
+            }
+        }
+    }
+    Ok(written)
 }
 
 /// A failed solve: the daemon gone, or the build's own failure.

@@ -1,6 +1,7 @@
 //! `buildopt doctor`, `du` and `prune`: the daemon's health, cache usage, and selective cache pruning.
 
 use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use super::{Context as _, Error, ExitStatus};
@@ -28,6 +29,37 @@ impl crate::error::Classify for ConnectFailure {
             ConnectFailure::Connect(e) => e.kind(),
         }
     }
+}
+
+/// The Docker Engine `--load` loads into: the builder's own when it is `docker://`, else `DOCKER_HOST`
+/// (`unix://` only), else `/var/run/docker.sock`; checked to exist.
+pub(super) fn docker_engine(args: &DaemonArgs, ws: &Workspace) -> Result<PathBuf, Error> {
+    let builder = args
+        .addr
+        .as_deref()
+        .or(ws.buildkit_addr.as_deref())
+        .and_then(|a| a.parse::<Addr>().ok());
+    let sock = match builder {
+        Some(Addr::Docker(path)) => path,
+        _ => match std::env::var("DOCKER_HOST") {
+            Ok(h) if !h.is_empty() => match h.strip_prefix("unix://") {
+                Some(p) => PathBuf::from(p),
+                None => {
+                    return Err(Error::usage(format!(
+                        "--load: DOCKER_HOST={h} is not a unix:// socket; buildopt loads only into a local Docker Engine"
+                    )));
+                }
+            },
+            _ => PathBuf::from("/var/run/docker.sock"),
+        },
+    };
+    if !sock.exists() {
+        return Err(Error::usage(format!(
+            "--load: no Docker Engine socket at {}; start Docker, or set DOCKER_HOST=unix:///path/to/docker.sock",
+            sock.display()
+        )));
+    }
+    Ok(sock)
 }
 
 /// Resolves the address (flag or `BUILDKIT_HOST`, then config, then the local default) and connects.

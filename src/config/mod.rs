@@ -5,7 +5,10 @@
 //! overridden or interpolated value is checked like any other. Every error names the file, the line and the key
 //! (or the `--set` it came from), and says what to do. Nothing here panics on bad input.
 
+pub mod output;
 pub mod vars;
+
+pub use output::{Output, OutputKind};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -138,6 +141,8 @@ struct ServiceToml {
     #[serde(default)]
     contexts: BTreeMap<String, Spanned<String>>,
     attest: Option<Spanned<AttestToml>>,
+    /// Outputs besides the registry, in `--output` syntax.
+    outputs: Option<Vec<Spanned<String>>>,
     source_date_epoch: Option<Spanned<i64>>,
     #[serde(default)]
     inputs: Inputs,
@@ -309,6 +314,8 @@ pub struct Service {
     pub contexts: BTreeMap<String, NamedContext>,
     /// Attestations attached to the image.
     pub attest: Attest,
+    /// Outputs besides the registry (`dest` absolute).
+    pub outputs: Vec<Output>,
 }
 
 /// What a named build context is.
@@ -752,6 +759,14 @@ impl Workspace {
                     attest
                 }
             };
+            let mut outputs = Vec::new();
+            for o in svc.outputs.unwrap_or_default() {
+                let parsed: Output = o
+                    .get_ref()
+                    .parse()
+                    .map_err(|m| at.err(o.span(), format!("{}: {m}", key("outputs"))))?;
+                outputs.push(parsed.resolved(root));
+            }
             let mut depends_on = Vec::new();
             for d in &svc.depends_on {
                 if !names.contains(d.get_ref()) {
@@ -799,6 +814,7 @@ impl Workspace {
                     inputs: svc.inputs,
                     contexts,
                     attest,
+                    outputs,
                 },
                 edges,
             ));
@@ -943,6 +959,8 @@ impl Locator<'_> {
 
 /// Keys whose `--set` value is a comma-separated list.
 const LIST_KEYS: &[&str] = &["tags", "platforms", "depends_on", "cache_from"];
+/// List keys whose items hold commas themselves: `--set` gives a list of one item.
+const ONE_ITEM_LIST_KEYS: &[&str] = &["outputs"];
 /// Keys whose `--set` value is an integer.
 const INTEGER_KEYS: &[&str] = &["source_date_epoch"];
 /// Keys that are tables of strings: `--set SERVICE.build_args.NAME=VALUE`.
@@ -972,6 +990,10 @@ fn apply_set<'i>(
         for item in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
             items.push(string(item));
         }
+        spanned(DeValue::Array(items))
+    } else if ONE_ITEM_LIST_KEYS.contains(&key) && sub.is_none() {
+        let mut items = DeArray::new();
+        items.push(string(value));
         spanned(DeValue::Array(items))
     } else if INTEGER_KEYS.contains(&key) && sub.is_none() {
         let n = value.trim();

@@ -2,9 +2,13 @@
 //! health checks, file sync of the local directories, and registry credentials.
 
 mod auth;
+mod content;
+mod filesend;
 mod filesync;
 pub(crate) mod stream;
 
+pub(crate) use content::unpack_layout;
+pub use filesend::{Received, Sink};
 #[cfg(test)]
 pub(crate) use filesync::SentContent;
 pub use filesync::Transfer;
@@ -63,6 +67,8 @@ pub struct Session {
     own: Arc<Vec<PathBuf>>,
     keychain: Arc<dyn Keychain>,
     log: filesync::TransferLog,
+    outputs: filesend::Outputs,
+    stores: Arc<HashMap<String, PathBuf>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -89,7 +95,26 @@ impl Session {
             own: Arc::new(Vec::new()),
             keychain,
             log: Default::default(),
+            outputs: Default::default(),
+            stores: Default::default(),
         }
+    }
+
+    /// Receives the outputs that go to the client, by exporter index (`"0"`, `"1"`, ...).
+    pub fn with_outputs(mut self, sinks: HashMap<String, Sink>) -> Session {
+        self.outputs = filesend::Outputs::new(sinks);
+        self
+    }
+
+    /// Serves OCI layouts (directories with `index.json` and `blobs/`) to the daemon, by store ID (`oci:STORE`).
+    pub fn with_stores(mut self, stores: HashMap<String, PathBuf>) -> Session {
+        self.stores = Arc::new(stores);
+        self
+    }
+
+    /// What arrived for each output so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.outputs.received()
     }
 
     /// What the session's file sync sent so far, one record per DiffCopy call, in the order they started.
@@ -149,7 +174,16 @@ impl Session {
             auth::AuthService {
                 keychain: self.keychain.clone(),
             },
-        ));
+        ))
+        .add_service(filesend::FileSendServer::new(self.outputs.clone()))
+        .add_service(
+            proto::containerd::services::content::v1::content_server::ContentServer::new(
+                content::ContentService {
+                    stores: self.stores.clone(),
+                },
+            )
+            .max_encoding_message_size(MAX_MESSAGE),
+        );
         let service = TowerToHyperService::new(routes);
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .max_concurrent_streams(None)

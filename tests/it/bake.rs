@@ -154,3 +154,149 @@ fn provenance_is_attached_to_the_pushed_image() {
     let plan = t.run_ok(&["plan", "--set", "app.attest.provenance=false"]);
     assert!(plan.contains("provenance attestation changed"), "{plan}");
 }
+
+/// `--output` writes each type (directory, tar, OCI and docker tarballs) for every service (`{service}` in dest),
+/// and a skipped service's outputs come from its existing image: the same OCI manifest as when it was built.
+#[test]
+fn outputs_are_written_for_built_and_skipped_services() {
+    let (t, _) = Tree::workspace(&[("one", &[]), ("two", &[])]);
+    let t = t
+        .file("one/Dockerfile", "FROM scratch\nCOPY f /\nCOPY sub /sub\n")
+        .file("one/f", "one")
+        .file("one/sub/s", "sub")
+        .file("two/Dockerfile", "FROM scratch\nCOPY f /\n")
+        .file("two/f", "two");
+    let args = [
+        "-o",
+        "type=local,dest=out/{service}",
+        "-o",
+        "type=tar,dest=out/{service}.fs.tar",
+        "-o",
+        "type=oci,dest=out/{service}.oci.tar",
+        "-o",
+        "type=docker,dest=out/{service}.docker.tar",
+    ];
+    let err = build(&t, &args);
+    let read = |p: &str| std::fs::read_to_string(t.join(p)).unwrap();
+    assert_eq!(read("out/one/sub/s"), "sub", "{err}");
+    assert_eq!(read("out/two/f"), "two");
+    let tar_list = |p: &str| {
+        let out = std::process::Command::new("tar")
+            .arg("-tf")
+            .arg(t.join(p))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{p}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(tar_list("out/one.fs.tar").lines().any(|l| l == "sub/s"));
+    assert!(
+        tar_list("out/one.oci.tar")
+            .lines()
+            .any(|l| l == "index.json")
+    );
+    assert!(
+        tar_list("out/two.docker.tar")
+            .lines()
+            .any(|l| l == "manifest.json")
+    );
+    let index = |p: &str| {
+        let out = std::process::Command::new("tar")
+            .arg("-xOf")
+            .arg(t.join(p))
+            .arg("index.json")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["manifests"][0]["digest"].clone()
+    };
+    let built = index("out/one.oci.tar");
+
+    std::fs::remove_dir_all(t.join("out")).unwrap();
+    let err = build(&t, &args);
+    assert_eq!(
+        summary(&err),
+        [
+            ("skipped".to_owned(), "one".to_owned()),
+            ("skipped".to_owned(), "two".to_owned())
+        ],
+        "{err}"
+    );
+    assert_eq!(read("out/one/f"), "one", "{err}");
+    assert_eq!(index("out/one.oci.tar"), built, "{err}");
+
+    // One dest for two services is refused before anything is built.
+    let (code, _, err) = t.run(&["build", "-o", "type=oci,dest=out/x.tar"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("put `{service}` in dest"), "{err}");
+}
+
+/// `--no-push` writes nothing to the registry and still builds a dependent (`FROM base`): the base comes to the
+/// dependent's build as an OCI layout served through the session. On both daemons.
+#[test]
+fn no_push_builds_dependents_without_the_registry() {
+    let s = Services::get();
+    for (addr, network) in [(&s.buildkit_addr, "host"), (&s.buildkit_addr2, "none")] {
+        let (t, repos) = Tree::workspace_at(
+            &s.registry,
+            addr,
+            network,
+            &[("base", &[]), ("app", &["base"])],
+        );
+        let t = t
+            .file("base/Dockerfile", "FROM scratch\nCOPY b.txt /\n")
+            .file("base/b.txt", "base")
+            .file("app/Dockerfile", "FROM base\nCOPY a.txt /\n")
+            .file("app/a.txt", "app");
+        let err = build(&t, &["--no-push", "-o", "type=local,dest=out/{service}"]);
+        assert_eq!(
+            summary(&err),
+            [
+                ("built".to_owned(), "base".to_owned()),
+                ("built".to_owned(), "app".to_owned())
+            ],
+            "{addr}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.join("out/app/b.txt")).unwrap(),
+            "base",
+            "{addr}: {err}"
+        );
+        for repo in &repos {
+            let (code, _, _) = s.registry_get(&format!("/v2/{repo}/tags/list"), "*/*");
+            assert_eq!(code, 404, "{addr}: --no-push wrote to {repo}");
+        }
+    }
+}
+
+/// `--load` puts the image into the Docker Engine under its requested tags, for a build and for a skip.
+#[test]
+fn load_puts_the_image_into_docker() {
+    let s = Services::get();
+    let (t, repos) = Tree::workspace(&[("app", &[])]);
+    let t = t
+        .file("app/Dockerfile", "FROM scratch\nCOPY f /\n")
+        .file("app/f", "loaded");
+    let sock = s
+        .buildkit_addr
+        .strip_prefix("docker://")
+        .expect("the first daemon is dockerd")
+        .to_owned();
+    let tagged = || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--unix-socket", &sock, "http://docker/images/json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let want = format!("{}/{}:latest", s.registry, repos[0]);
+        v.as_array().unwrap().iter().any(|i| {
+            i["RepoTags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| *t == *want))
+        })
+    };
+    assert!(!tagged());
+    let err = build(&t, &["--load"]);
+    assert!(err.contains("Loaded image"), "{err}");
+    assert!(tagged(), "{err}");
+}
