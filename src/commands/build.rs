@@ -1447,7 +1447,7 @@ fn check_outputs(
             }
             None => {
                 return Err(ServiceError::Output(format!(
-                    "BuildKit sent nothing for the output {}",
+                    "BuildKit sent nothing for the output {} (a BuildKit before v0.13 writes only the first output of a build: upgrade it, or build without --push and with one output)",
                     dest.display()
                 )));
             }
