@@ -288,13 +288,15 @@ impl Fleet {
 
     /// Runs `attempt` on the leased builder; when `lost` says the builder went away during it, takes that builder
     /// out of the run and runs `attempt` once more on the next usable builder in `service`'s ranking (waiting for
-    /// a place there). The second attempt's result stands, whatever it is.
+    /// a place there), after telling `retrying` (lost builder, next builder). The second attempt's result stands,
+    /// whatever it is.
     pub async fn with_failover<T, Fut>(
         self: &Arc<Self>,
         lease: Lease,
         service: &str,
         mut attempt: impl FnMut(Client) -> Fut,
         lost: impl Fn(&T) -> bool,
+        retrying: impl FnOnce(&str, &str),
     ) -> Attempted<T>
     where
         Fut: Future<Output = T>,
@@ -317,10 +319,7 @@ impl Fleet {
                 retried_from: None,
             };
         };
-        tracing::info!(
-            "service `{service}`: builder {from} was lost during the build; retrying on {}",
-            next.name()
-        );
+        retrying(&from, next.name());
         let second = attempt(next.client().clone()).await;
         Attempted {
             result: second,
@@ -506,6 +505,7 @@ mod tests {
                     async move { n }
                 },
                 |n| *n == 1,
+                |_, _| {},
             )
             .await;
         assert_eq!(calls, ["tcp://b0:1", "tcp://b1:1"]);
@@ -519,7 +519,7 @@ mod tests {
         assert_eq!(next.name(), "tcp://b1:1");
         // Lost on the second too: the second failure stands, and nothing is left.
         let got = f
-            .with_failover(next, &s, |_| async { "lost" }, |_| true)
+            .with_failover(next, &s, |_| async { "lost" }, |_| true, |_, _| {})
             .await;
         assert_eq!((got.result, got.retried_from), ("lost", None));
         assert!(matches!(f.try_acquire(&s, &[]), Acquired::NoneLeft));

@@ -622,13 +622,19 @@ fn daemon_lost(outcome: &Outcome) -> bool {
 /// Runs `attempt` on the leased builder, and once more on the next in `service`'s ranking when that builder is
 /// lost mid-solve (nothing of the lost attempt was tagged: a lost daemon fails the solve, before any tag).
 async fn on_builder<Fut: std::future::Future<Output = Outcome>>(
+    ctx: &RunContext,
     fleet: &Arc<Fleet>,
     lease: Lease,
     service: &str,
     attempt: impl FnMut(Client) -> Fut,
 ) -> (Outcome, Placed) {
+    let retrying = |lost: &str, next: &str| {
+        ctx.progress.warning(&format!(
+            "{service}: builder {lost} was lost during the build; building it again on {next}"
+        ));
+    };
     let attempted = fleet
-        .with_failover(lease, service, attempt, daemon_lost)
+        .with_failover(lease, service, attempt, daemon_lost, retrying)
         .await;
     let placed = Placed {
         builder: attempted.builder,
@@ -776,7 +782,7 @@ async fn execute(
                                 Placement::Busy => unreachable!("not started when busy"),
                             };
                             let (outcome, placed) =
-                                on_builder(&fleet, lease, &svc.name, |client| {
+                                on_builder(ctx, &fleet, lease, &svc.name, |client| {
                                     let image = image.clone();
                                     async move {
                                         skip_with_solves(
@@ -832,7 +838,7 @@ async fn execute(
                         .spawn(async move {
                             let (ctx, svc, inputs, deps) = (&ctx, &svc, &inputs, &deps);
                             let (outcome, placed) =
-                                on_builder(&fleet, lease, &svc.name, |client| async move {
+                                on_builder(ctx, &fleet, lease, &svc.name, |client| async move {
                                     let progress = ctx.progress.service(&svc.name);
                                     build(ctx, &client, svc, inputs, deps, progress).await
                                 })
@@ -879,8 +885,6 @@ async fn execute(
                     "builder {from} was lost during the build; nothing from that attempt was tagged, and it ran again on {}",
                     placed.builder
                 );
-                ctx.progress
-                    .warning(&format!("{}: {note}", runs[i].service.name));
                 runs[i].notes.push(note);
             }
             runs[i].builder = Some(placed.builder);

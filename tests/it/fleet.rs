@@ -258,6 +258,12 @@ fn a_daemon_lost_mid_build_has_its_services_finished_on_the_other() {
             "builder {lost} was lost during the build; nothing from that attempt was tagged, and it ran again on {}",
             s.buildkit_addr2
         );
+        // Said when it happens, and in the summary.
+        let live = format!(
+            "warning: {name}: builder {lost} was lost during the build; building it again on {}",
+            s.buildkit_addr2
+        );
+        assert!(err.contains(&live), "{err}");
         assert!(err.contains(&format!("warning: {name}: {note}")), "{err}");
         assert!(
             meta[name.as_str()]["buildopt.warnings"]
