@@ -782,6 +782,8 @@ impl Progress {
             location: Option<&'a crate::report::Location>,
             #[serde(skip_serializing_if = "<[_]>::is_empty")]
             warnings: &'a [String],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            builder: Option<&'a String>,
         }
         let event = Outcome {
             r#type: "outcome",
@@ -790,6 +792,7 @@ impl Progress {
             error: s.error.as_ref(),
             location: s.location.as_ref(),
             warnings: &s.warnings,
+            builder: s.builder.as_ref(),
         };
         let _ = writeln!(self.printer.stdout(), "{}", json_line(&s.service, &event));
     }
@@ -814,6 +817,20 @@ impl Progress {
         };
         let line = serde_json::to_string(&summary).unwrap_or_default();
         let _ = writeln!(self.printer.stdout(), "{line}");
+    }
+
+    /// A `warning:` line on stderr, above the live view; written under `--quiet` too (with `--progress json` it goes
+    /// to stderr as well: stdout is the event stream).
+    pub(crate) fn warning(&self, text: &str) {
+        let line = format!("warning: {text}");
+        match &self.view {
+            View::Tty(multi) => multi.suspend(|| {
+                let _ = writeln!(self.printer.errors(), "{line}");
+            }),
+            _ => {
+                let _ = writeln!(self.printer.errors(), "{line}");
+            }
+        }
     }
 
     /// Reports a tag move as it happens: a line on stderr (above the live view), or a `tag` event with

@@ -111,6 +111,9 @@ pub(crate) struct ServiceReport {
     /// (cached, completed) build steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cache_hits: Option<(usize, usize)>,
+    /// The BuildKit builder that built it (or made its outputs or registry cache), by address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) builder: Option<String>,
     /// What the daemon asked the session for, one record per file transfer.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) transfers: Vec<TransferSummary>,
@@ -211,6 +214,7 @@ impl ServiceReport {
             outputs: Vec::new(),
             duration: None,
             cache_hits: None,
+            builder: None,
             transfers: Vec::new(),
         }
     }
@@ -294,6 +298,9 @@ pub(crate) struct BuildReport {
     /// Wall time of the run.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "millis")]
     pub(crate) duration: Option<Duration>,
+    /// How many builders the run was configured with (the summary names each service's when more than one).
+    #[serde(skip)]
+    pub(crate) builders: usize,
 }
 
 impl BuildReport {
@@ -334,6 +341,7 @@ impl BuildReport {
     /// The summary after a build: a line per service, and where its tags are when not all moved.
     pub(crate) fn write_summary(&self, out: &mut dyn Write) -> io::Result<()> {
         let width = self.width();
+        let several_builders = self.builders > 1;
         for s in &self.services {
             let image = s.image.as_deref().map(short_image).unwrap_or_default();
             let secs = s
@@ -384,6 +392,11 @@ impl BuildReport {
             } else {
                 (format!("  {image}"), secs)
             };
+            // Which builder, when the run had a choice of several.
+            let secs = match &s.builder {
+                Some(b) if several_builders => format!("{secs}  on {b}"),
+                _ => secs,
+            };
             writeln!(
                 out,
                 "{:9} {:width$}{image}{secs}{detail}",
@@ -429,6 +442,7 @@ impl BuildReport {
                 "buildopt.adopted": s.adopted,
                 "buildopt.duration-ms": s.duration.map(|d| d.as_millis() as u64),
                 "buildopt.cache-hit-ratio": s.cache_hits.filter(|h| h.1 > 0).map(|(c, t)| c as f64 / t as f64),
+                "buildopt.builder": s.builder,
                 "buildopt.error": s.error,
                 "buildopt.warnings": s.warnings,
                 "buildopt.outputs": s.outputs,

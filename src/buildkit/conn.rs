@@ -506,6 +506,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
+/// The version of the Docker Engine at `sock` (`GET /version`), e.g. `26.1.5+dfsg1`.
+pub(crate) async fn docker_engine_version(sock: &Path) -> std::io::Result<String> {
+    let mut stream = UnixStream::connect(sock).await?;
+    stream
+        .write_all(b"GET /version HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+        .await?;
+    let (status, mut body) = read_http_head(&mut stream).await?;
+    stream.read_to_end(&mut body).await?;
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!(
+            "the Docker Engine answered {status}"
+        )));
+    }
+    // The body may be chunk-framed: the JSON object is the one line that is one.
+    let text = String::from_utf8_lossy(&body);
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .find_map(|v| v["Version"].as_str().map(str::to_owned))
+        .ok_or_else(|| std::io::Error::other("no Version in the Docker Engine's answer"))
+}
+
 /// Loads a `docker load` tarball into the Docker Engine at `sock` (`POST /images/load`); returns what it loaded
 /// (`Loaded image: REF` lines), or its error.
 pub(crate) async fn docker_load(sock: &Path, tarball: &Path) -> std::io::Result<Vec<String>> {

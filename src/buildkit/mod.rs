@@ -4,6 +4,7 @@
 pub mod conn;
 pub(crate) mod details;
 pub(crate) mod dockerfile;
+pub mod fleet;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -14,6 +15,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::Channel;
+#[cfg(test)]
+use tonic::transport::Endpoint;
 
 use crate::proto::moby::buildkit::v1 as pb;
 use crate::proto::moby::buildkit::v1::control_client::ControlClient;
@@ -419,7 +422,15 @@ impl Client {
             Err(s) if s.code() == tonic::Code::Unimplemented => None,
             Err(s) => return Err(RpcError::from_status("Info", s)),
         };
-        let workers = c
+        let workers = self.workers().await?;
+        Ok(DaemonInfo { version, workers })
+    }
+
+    /// The daemon's workers (also the cheapest call that proves a daemon answers as BuildKit).
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, RpcError> {
+        Ok(self
+            .control
+            .clone()
             .list_workers(pb::ListWorkersRequest::default())
             .await
             .map_err(|s| RpcError::from_status("ListWorkers", s))?
@@ -442,8 +453,18 @@ impl Client {
                     .collect(),
                 labels: w.labels.into_iter().collect(),
             })
-            .collect();
-        Ok(DaemonInfo { version, workers })
+            .collect())
+    }
+
+    /// A client whose channel connects on first use (unit tests of placement, which never call it).
+    #[cfg(test)]
+    pub(crate) fn lazy(addr: &Addr) -> Client {
+        let channel = Endpoint::from_static("http://localhost").connect_lazy();
+        Client {
+            control: ControlClient::new(channel),
+            addr: addr.clone(),
+            session_over_control: false,
+        }
     }
 
     /// Cache records; with `filters` (containerd-style), only those matching one of them.

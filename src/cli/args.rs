@@ -73,11 +73,18 @@ pub enum Command {
 /// Where BuildKit is and how to reach it.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// BuildKit address: unix:///path, tcp://host:port or docker://[/path/to/docker.sock]
-    /// [default: `[buildkit] addr` in the config, else unix:///run/buildkit/buildkitd.sock, else the rootless socket].
-    #[arg(long, env = "BUILDKIT_HOST", value_name = "ADDR")]
-    pub addr: Option<String>,
-    /// CA certificate for tcp:// with TLS.
+    /// BuildKit address: unix:///path, tcp://host:port or docker://[/path/to/docker.sock]; repeat it (or separate
+    /// addresses with commas, as in BUILDKIT_HOST) for a fleet of builders, each service going to its own
+    /// [default: the builders of `[buildkit]` in the config, else unix:///run/buildkit/buildkitd.sock, else the
+    /// rootless socket].
+    #[arg(
+        long,
+        env = "BUILDKIT_HOST",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub addr: Vec<String>,
+    /// CA certificate for tcp:// with TLS (for every tcp:// builder without TLS settings of its own).
     #[arg(long, value_name = "PATH")]
     pub tlscacert: Option<PathBuf>,
     /// Client certificate for mTLS.

@@ -23,8 +23,9 @@ use crate::auth::Keychain;
 use crate::buildkit::ExporterSpec;
 use crate::buildkit::dockerfile::{Dependency, LocalImage};
 use crate::buildkit::dockerfile::{DockerfileSolve, NETWORK_HOST, NetworkMode};
+use crate::buildkit::fleet::{Acquired, BuilderSpec, Fleet, Lease, NoBuilder};
 use crate::buildkit::{Client, RpcError};
-use crate::cli::args::{BuildArgs, CacheMode, DaemonArgs};
+use crate::cli::args::{BuildArgs, CacheMode};
 use crate::config::{Output, OutputKind};
 use crate::config::{Registry, Service, Workspace};
 use crate::digest::Digest;
@@ -53,9 +54,9 @@ const CACHE_MANIFEST: &str = "cache.manifest";
 /// Why one service failed.
 #[derive(Debug, thiserror::Error)]
 enum ServiceError {
-    /// BuildKit could not be reached.
+    /// No builder could be reached (at the start of the run), or every one was lost during it.
     #[error(transparent)]
-    Connect(Arc<super::daemon::ConnectFailure>),
+    Connect(Unplaced),
     /// The solve failed (a step, the frontend, a push).
     #[error("{}{}", .source, entitlement_hint(.source))]
     Solve {
@@ -128,6 +129,19 @@ fn entitlement_hint(e: &RpcError) -> &'static str {
     }
 }
 
+/// Why a service got no builder.
+#[derive(Debug, Clone, thiserror::Error)]
+enum Unplaced {
+    /// None answered the probe.
+    #[error(transparent)]
+    Unreachable(Arc<NoBuilder>),
+    /// Every builder was lost during the run.
+    #[error(
+        "every BuildKit builder of this run was lost during it (see the warnings); nothing was tagged"
+    )]
+    AllLost,
+}
+
 /// How one service ended.
 #[derive(Debug)]
 enum Outcome {
@@ -190,6 +204,10 @@ struct ServiceRun {
     inputs: Arc<ServiceInputs>,
     plan: ServicePlan,
     outcome: Option<Outcome>,
+    /// Where it was built (or its outputs or cache made), when a builder was used.
+    builder: Option<String>,
+    /// What happened on the way there (a lost builder, a retry).
+    notes: Vec<String>,
 }
 
 /// What every service of a run shares.
@@ -213,6 +231,8 @@ struct RunContext {
     cache_dir: PathBuf,
     /// `--load`: the Docker Engine's socket.
     load: Option<PathBuf>,
+    /// How many builders the run is configured with.
+    builders: usize,
 }
 
 impl RunContext {
@@ -325,6 +345,9 @@ pub(super) fn run(
     } else {
         None
     };
+    // Only read here (an address that does not parse is a usage error before anything is done); the builders are
+    // probed when something is to be built.
+    let builders = super::daemon::builders(&args.daemon, Some(ws))?;
     let refs: Vec<&Service> = services.iter().collect();
     let inputs = hash_all(ws, &refs, &hidden)?;
     let network = match args.network {
@@ -363,6 +386,8 @@ pub(super) fn run(
                 inputs: Arc::new(inputs),
                 plan,
                 outcome: None,
+                builder: None,
+                notes: Vec::new(),
             })
             .collect();
         let ctx = Arc::new(RunContext {
@@ -384,6 +409,7 @@ pub(super) fn run(
                 .collect(),
             cache_dir: ws.root.join(CACHE_DIR),
             load,
+            builders: builders.len(),
         });
         let planned = report_of(&ctx, &runs, None, None, &HashMap::new());
         if args.dry_run {
@@ -394,7 +420,7 @@ pub(super) fn run(
         planned.write_plan(&mut printer.stderr())?;
         ctx.progress.decisions(&planned);
         let interrupted = tokio::select! {
-            () = execute(&ctx, &args.daemon, ws, &mut runs, usize::from(args.jobs)) => None,
+            () = execute(&ctx, &builders, &mut runs, usize::from(args.jobs)) => None,
             signal = interrupt() => Some(signal),
         };
         // Whatever happened, the tags this run tried to move are read back from the registry (all at once: after
@@ -559,6 +585,8 @@ fn report_of(
                     report.duration = *elapsed;
                 }
             }
+            report.builder.clone_from(&run.builder);
+            report.warnings.extend(run.notes.iter().cloned());
             report
         })
         .collect();
@@ -566,20 +594,107 @@ fn report_of(
         services,
         interrupted,
         duration,
+        builders: ctx.builders,
     }
 }
 
-/// What a finished task hands back.
-type Finished = (usize, Outcome);
+/// What a finished task hands back: the service, how it ended, and where it was built.
+type Finished = (usize, Outcome, Option<Placed>);
+
+/// Which builder a service ended on.
+struct Placed {
+    builder: String,
+    /// The builder lost during its first attempt, when it was retried.
+    retried_from: Option<String>,
+}
+
+/// Whether `outcome` is a build whose builder went away mid-solve (the one failure retried on another builder).
+fn daemon_lost(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Failed {
+            error: ServiceError::DaemonLost { .. },
+            ..
+        }
+    )
+}
+
+/// Runs `attempt` on the leased builder, and once more on the next in `service`'s ranking when that builder is
+/// lost mid-solve (nothing of the lost attempt was tagged: a lost daemon fails the solve, before any tag).
+async fn on_builder<Fut: std::future::Future<Output = Outcome>>(
+    ctx: &RunContext,
+    fleet: &Arc<Fleet>,
+    lease: Lease,
+    service: &str,
+    attempt: impl FnMut(Client) -> Fut,
+) -> (Outcome, Placed) {
+    let retrying = |lost: &str, next: &str| {
+        ctx.progress.warning(&format!(
+            "{service}: builder {lost} was lost during the build; building it again on {next}"
+        ));
+    };
+    let attempted = fleet
+        .with_failover(lease, service, attempt, daemon_lost, retrying)
+        .await;
+    let placed = Placed {
+        builder: attempted.builder,
+        retried_from: attempted.retried_from,
+    };
+    (attempted.result, placed)
+}
+
+/// The run's builders, probed (in parallel, once) the first time a service needs one; each unreachable builder is a
+/// warning, and the run goes on with the others.
+type FleetCell = OnceCell<Result<Arc<Fleet>, Arc<NoBuilder>>>;
+
+/// Where service `name` can be built now.
+enum Placement {
+    /// On this builder.
+    On(Arc<Fleet>, Lease),
+    /// Every usable builder is at its `max_parallel`: wait for a build to end.
+    Busy,
+    /// Nowhere.
+    Nowhere(Unplaced),
+}
+
+async fn place(ctx: &RunContext, cell: &FleetCell, specs: &[BuilderSpec], name: &str) -> Placement {
+    let fleet = cell
+        .get_or_init(|| async {
+            match Fleet::probe(specs).await {
+                Ok((fleet, skipped)) => {
+                    for e in skipped {
+                        ctx.progress.warning(&format!(
+                            "builder skipped, its services go to the others: {}",
+                            one_line(&e)
+                        ));
+                    }
+                    Ok(Arc::new(fleet))
+                }
+                Err(e) => Err(Arc::new(e)),
+            }
+        })
+        .await;
+    match fleet {
+        Err(e) => Placement::Nowhere(Unplaced::Unreachable(e.clone())),
+        Ok(fleet) => match fleet.try_acquire(name, &[]) {
+            Acquired::Lease(lease) => {
+                tracing::debug!("service `{name}`: building on {}", lease.name());
+                Placement::On(fleet.clone(), lease)
+            }
+            Acquired::Busy => Placement::Busy,
+            Acquired::NoneLeft => Placement::Nowhere(Unplaced::AllLost),
+        },
+    }
+}
 
 /// Carries out the plan: skipped services get their tags pointed at their image, the rest are built once their
-/// dependencies have an image (at most `jobs` builds at a time), connecting to BuildKit only if something is to be
-/// built. Outcomes are written into `runs` as they come, so an interrupt (which drops this future and with it every
-/// task) leaves the finished ones in place.
+/// dependencies have an image (at most `jobs` builds at a time, each on its builder of the fleet, see
+/// [`crate::buildkit::fleet`]), probing the builders only if something is to be built. Outcomes are written into
+/// `runs` as they come, so an interrupt (which drops this future and with it every task) leaves the finished ones
+/// in place.
 async fn execute(
     ctx: &Arc<RunContext>,
-    daemon: &DaemonArgs,
-    ws: &Workspace,
+    specs: &[BuilderSpec],
     runs: &mut [ServiceRun],
     jobs: usize,
 ) {
@@ -587,7 +702,7 @@ async fn execute(
     let mut task_of: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut started = vec![false; runs.len()];
     let mut building = 0;
-    let client: OnceCell<Result<Client, Arc<super::daemon::ConnectFailure>>> = OnceCell::new();
+    let fleet: FleetCell = OnceCell::new();
     loop {
         // Dependents of failed services fail too, without building.
         for i in 0..runs.len() {
@@ -632,16 +747,12 @@ async fn execute(
             let export_cache = ctx.skip_needs_daemon(&runs[i].service, &runs[i].plan);
             match &runs[i].plan.decision {
                 Decision::Skip { image } if export_cache && building < jobs => {
+                    let placement = place(ctx, &fleet, specs, &runs[i].service.name).await;
+                    if matches!(placement, Placement::Busy) {
+                        continue;
+                    }
                     started[i] = true;
                     building += 1;
-                    let client = client
-                        .get_or_init(|| async {
-                            super::daemon::connect(daemon, Some(ws))
-                                .await
-                                .map_err(Arc::new)
-                        })
-                        .await
-                        .clone();
                     let (ctx, run) = (ctx.clone(), &runs[i]);
                     let (svc, inputs, image, plan) = (
                         run.service.clone(),
@@ -651,10 +762,43 @@ async fn execute(
                     );
                     let id = tasks
                         .spawn(async move {
-                            let outcome =
-                                skip_with_solves(&ctx, client, &svc, &inputs, &deps, image, &plan)
+                            let (ctx, svc, inputs, deps, plan) =
+                                (&ctx, &svc, &inputs, &deps, &plan);
+                            let (fleet, lease) = match placement {
+                                Placement::On(fleet, lease) => (fleet, lease),
+                                Placement::Nowhere(e) => {
+                                    let outcome = skip_with_solves(
+                                        ctx,
+                                        Err(e),
+                                        svc,
+                                        inputs,
+                                        deps,
+                                        image,
+                                        plan,
+                                    )
                                     .await;
-                            (i, outcome)
+                                    return (i, outcome, None);
+                                }
+                                Placement::Busy => unreachable!("not started when busy"),
+                            };
+                            let (outcome, placed) =
+                                on_builder(ctx, &fleet, lease, &svc.name, |client| {
+                                    let image = image.clone();
+                                    async move {
+                                        skip_with_solves(
+                                            ctx,
+                                            Ok(client),
+                                            svc,
+                                            inputs,
+                                            deps,
+                                            image,
+                                            plan,
+                                        )
+                                        .await
+                                    }
+                                })
+                                .await;
+                            (i, outcome, Some(placed))
                         })
                         .id();
                     task_of.insert(id, i);
@@ -664,43 +808,44 @@ async fn execute(
                     started[i] = true;
                     let (ctx, svc, image) = (ctx.clone(), runs[i].service.clone(), image.clone());
                     let id = tasks
-                        .spawn(async move { (i, promote(&ctx, &svc, image).await) })
+                        .spawn(async move { (i, promote(&ctx, &svc, image).await, None) })
                         .id();
                     task_of.insert(id, i);
                 }
                 Decision::Build | Decision::Unchanged if building < jobs => {
-                    let client = client
-                        .get_or_init(|| async {
-                            super::daemon::connect(daemon, Some(ws))
-                                .await
-                                .map_err(Arc::new)
-                        })
-                        .await;
+                    let (fleet, lease) =
+                        match place(ctx, &fleet, specs, &runs[i].service.name).await {
+                            Placement::On(fleet, lease) => (fleet, lease),
+                            Placement::Busy => continue,
+                            Placement::Nowhere(e) => {
+                                started[i] = true;
+                                let outcome = Outcome::Failed {
+                                    error: ServiceError::Connect(e),
+                                    image: None,
+                                    tags: Vec::new(),
+                                    transfers: Vec::new(),
+                                    elapsed: None,
+                                };
+                                settle(ctx, runs, i, outcome);
+                                continue;
+                            }
+                        };
                     started[i] = true;
-                    let client = match client {
-                        Ok(c) => c.clone(),
-                        Err(e) => {
-                            let outcome = Outcome::Failed {
-                                error: ServiceError::Connect(e.clone()),
-                                image: None,
-                                tags: Vec::new(),
-                                transfers: Vec::new(),
-                                elapsed: None,
-                            };
-                            settle(ctx, runs, i, outcome);
-                            continue;
-                        }
-                    };
                     building += 1;
                     let (ctx, run) = (ctx.clone(), &runs[i]);
                     let (svc, inputs) = (run.service.clone(), run.inputs.clone());
-                    let sp = ctx.progress.service(&svc.name);
-                    let id =
-                        tasks
-                            .spawn(async move {
-                                (i, build(&ctx, &client, &svc, &inputs, &deps, sp).await)
-                            })
-                            .id();
+                    let id = tasks
+                        .spawn(async move {
+                            let (ctx, svc, inputs, deps) = (&ctx, &svc, &inputs, &deps);
+                            let (outcome, placed) =
+                                on_builder(ctx, &fleet, lease, &svc.name, |client| async move {
+                                    let progress = ctx.progress.service(&svc.name);
+                                    build(ctx, &client, svc, inputs, deps, progress).await
+                                })
+                                .await;
+                            (i, outcome, Some(placed))
+                        })
+                        .id();
                     task_of.insert(id, i);
                 }
                 Decision::Build | Decision::Unchanged => {}
@@ -710,7 +855,7 @@ async fn execute(
             // Nothing runs, and nothing more can start (the rest failed or waits on what failed).
             break;
         };
-        let (i, outcome) = match joined {
+        let (i, outcome, placed) = match joined {
             Ok((_, finished)) => finished,
             Err(e) => {
                 let i = task_of[&e.id()];
@@ -726,13 +871,23 @@ async fn execute(
                     transfers: Vec::new(),
                     elapsed: None,
                 };
-                (i, outcome)
+                (i, outcome, None)
             }
         };
         if matches!(runs[i].plan.decision, Decision::Build | Decision::Unchanged)
             || ctx.skip_needs_daemon(&runs[i].service, &runs[i].plan)
         {
             building -= 1;
+        }
+        if let Some(placed) = placed {
+            if let Some(from) = &placed.retried_from {
+                let note = format!(
+                    "builder {from} was lost during the build; nothing from that attempt was tagged, and it ran again on {}",
+                    placed.builder
+                );
+                runs[i].notes.push(note);
+            }
+            runs[i].builder = Some(placed.builder);
         }
         settle(ctx, runs, i, outcome);
     }
@@ -798,7 +953,7 @@ async fn promote(ctx: &RunContext, svc: &Service, image: String) -> Outcome {
 /// tagged). A failed cache export is a warning: the skip itself is right either way.
 async fn skip_with_solves(
     ctx: &RunContext,
-    client: Result<Client, Arc<super::daemon::ConnectFailure>>,
+    client: Result<Client, Unplaced>,
     svc: &Service,
     inputs: &ServiceInputs,
     deps: &[Dependency],

@@ -5,40 +5,21 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use super::{Context as _, Error, ExitStatus};
-use crate::buildkit::{Addr, Client, PruneSpec, TlsOptions, UsageRecord};
+use crate::buildkit::fleet::BuilderSpec;
+use crate::buildkit::{Addr, Client, ConnectError, PruneSpec, TlsOptions, UsageRecord};
 use crate::cli::args::{DaemonArgs, DuArgs, PruneArgs};
-use crate::config::Workspace;
+use crate::config::{Builder, Workspace};
 use crate::printer::{Printer, Verbosity};
 use crate::progress::human_bytes;
 
-/// Why the daemon could not be reached: a bad address, or the connection.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum ConnectFailure {
-    /// The address is not one buildopt understands.
-    #[error(transparent)]
-    Addr(#[from] crate::buildkit::conn::AddrError),
-    /// The connection failed.
-    #[error(transparent)]
-    Connect(#[from] crate::buildkit::ConnectError),
-}
-
-impl crate::error::Classify for ConnectFailure {
-    fn kind(&self) -> crate::error::ErrorKind {
-        match self {
-            ConnectFailure::Addr(e) => e.kind(),
-            ConnectFailure::Connect(e) => e.kind(),
-        }
-    }
-}
-
-/// The Docker Engine `--load` loads into: the builder's own when it is `docker://`, else `DOCKER_HOST`
+/// The Docker Engine `--load` loads into: the first builder's own when it is `docker://`, else `DOCKER_HOST`
 /// (`unix://` only), else `/var/run/docker.sock`; checked to exist.
 pub(super) fn docker_engine(args: &DaemonArgs, ws: &Workspace) -> Result<PathBuf, Error> {
-    let builder = args
-        .addr
-        .as_deref()
-        .or(ws.buildkit_addr.as_deref())
-        .and_then(|a| a.parse::<Addr>().ok());
+    let builder = match args.addr.first() {
+        Some(a) => Some(a.as_str()),
+        None => ws.builders.first().map(|b| b.addr.as_str()),
+    }
+    .and_then(|a| a.parse::<Addr>().ok());
     let sock = match builder {
         Some(Addr::Docker(path)) => path,
         _ => match std::env::var("DOCKER_HOST") {
@@ -62,30 +43,153 @@ pub(super) fn docker_engine(args: &DaemonArgs, ws: &Workspace) -> Result<PathBuf
     Ok(sock)
 }
 
-/// Resolves the address (flag or `BUILDKIT_HOST`, then config, then the local default) and connects.
-pub(super) async fn connect(
+/// The builders of a command: `--addr` (repeatable; `BUILDKIT_HOST`, comma-separated), else the config's
+/// `[buildkit]` builders, else the local default. A builder keeps the TLS settings and `max_parallel` of its
+/// `[[buildkit.builders]]` table (also when `--addr` names it); the TLS flags apply to every `tcp://` builder
+/// without settings of its own. Addresses are only parsed here: nothing connects.
+pub(super) fn builders(
     args: &DaemonArgs,
     ws: Option<&Workspace>,
-) -> Result<Client, ConnectFailure> {
-    let addr: Addr = match args
-        .addr
-        .as_deref()
-        .or(ws.and_then(|w| w.buildkit_addr.as_deref()))
-    {
-        Some(a) => a.parse()?,
-        None => Addr::default_local(),
+) -> Result<Vec<BuilderSpec>, Error> {
+    let configured: &[Builder] = ws.map(|w| w.builders.as_slice()).unwrap_or_default();
+    let chosen: Vec<Builder> = if !args.addr.is_empty() {
+        args.addr
+            .iter()
+            .map(|a| a.trim())
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                configured
+                    .iter()
+                    .find(|b| same_addr(&b.addr, a))
+                    .cloned()
+                    .unwrap_or_else(|| Builder::at(a))
+            })
+            .collect()
+    } else {
+        configured.to_vec()
     };
-    let tls = TlsOptions {
+    let flags = TlsOptions {
         ca_cert: args.tlscacert.clone(),
         cert: args.tlscert.clone(),
         key: args.tlskey.clone(),
         server_name: args.tlsservername.clone(),
     };
+    let flags_given = flags.ca_cert.is_some()
+        || flags.cert.is_some()
+        || flags.key.is_some()
+        || flags.server_name.is_some();
     // A debugging and test knob: on dockerd, run the session over Control.Session as with buildkitd.
     let over_control = std::env::var_os("BUILDOPT_DOCKER_SESSION").is_some_and(|v| v == "control");
-    Ok(Client::connect(&addr, &tls)
-        .await?
-        .session_over_control(over_control))
+    let mut specs: Vec<BuilderSpec> = Vec::new();
+    for b in &chosen {
+        let addr: Addr = b.addr.parse()?;
+        if let Some(other) = specs.iter().find(|s| s.addr == addr) {
+            return Err(Error::usage(format!(
+                "builder {} is given twice (as {}); list each daemon once",
+                b.addr, other.addr
+            )));
+        }
+        let tls = if b.has_tls() {
+            TlsOptions {
+                ca_cert: b.tls_ca.clone(),
+                cert: b.tls_cert.clone(),
+                key: b.tls_key.clone(),
+                server_name: b.server_name.clone(),
+            }
+        } else if matches!(addr, Addr::Tcp(_)) {
+            flags.clone()
+        } else {
+            TlsOptions::default()
+        };
+        specs.push(BuilderSpec {
+            addr,
+            tls,
+            max_parallel: b.max_parallel,
+            session_over_control: over_control,
+        });
+    }
+    if specs.is_empty() {
+        specs.push(BuilderSpec {
+            addr: Addr::default_local(),
+            tls: TlsOptions::default(),
+            max_parallel: None,
+            session_over_control: over_control,
+        });
+    }
+    if flags_given && !specs.iter().any(|s| matches!(s.addr, Addr::Tcp(_))) {
+        let addrs: Vec<String> = specs.iter().map(|s| s.addr.to_string()).collect();
+        return Err(Error::usage(format!(
+            "TLS options apply to tcp:// addresses only, not {}",
+            addrs.join(", ")
+        )));
+    }
+    Ok(specs)
+}
+
+/// Whether two address strings name the same daemon (`docker://` is `docker:///var/run/docker.sock`).
+fn same_addr(a: &str, b: &str) -> bool {
+    match (a.parse::<Addr>(), b.parse::<Addr>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Connects to every builder at once; a client or the error of each, in order.
+async fn connect_all(specs: &[BuilderSpec]) -> Vec<Result<Client, ConnectError>> {
+    futures::future::join_all(specs.iter().map(|s| async {
+        Ok(Client::connect(&s.addr, &s.tls)
+            .await?
+            .session_over_control(s.session_over_control))
+    }))
+    .await
+}
+
+/// Runs `each` on every builder in turn, after connecting to all at once. With one builder, its error is the
+/// command's, as it always was. With several, `each` is told to head its output with the builder's address; a
+/// builder that fails gets an `error:` line naming it and the others go on; the command then fails (exit 1, or 2
+/// when every failure is the caller's to fix: an address, a certificate).
+async fn on_every_builder(
+    specs: &[BuilderSpec],
+    printer: Printer,
+    mut each: impl AsyncFnMut(&Client, bool) -> Result<ExitStatus, Error>,
+) -> Result<ExitStatus, Error> {
+    let clients = connect_all(specs).await;
+    let several = specs.len() > 1;
+    if !several {
+        let client = clients.into_iter().next().expect("one builder")?;
+        return each(&client, false).await;
+    }
+    let mut worst = ExitStatus::Success;
+    for (spec, client) in specs.iter().zip(clients) {
+        let result = match client {
+            Ok(c) => each(&c, true).await,
+            Err(e) => Err(e.into()),
+        };
+        let status = match result {
+            Ok(status) => status,
+            Err(e) => {
+                let causes: Vec<String> = e.chain().map(ToString::to_string).collect();
+                let mut line = causes.first().cloned().unwrap_or_default();
+                for c in causes.iter().skip(1) {
+                    if !line.contains(c.as_str()) {
+                        line.push_str(": ");
+                        line.push_str(c);
+                    }
+                }
+                if !line.contains(&spec.addr.to_string()) {
+                    line = format!("builder {}: {line}", spec.addr);
+                }
+                writeln!(printer.errors(), "error: {line}")?;
+                e.status()
+            }
+        };
+        worst = match (worst, status) {
+            (ExitStatus::Failure, _) | (_, ExitStatus::Failure) => ExitStatus::Failure,
+            (ExitStatus::Error, _) | (_, ExitStatus::Error) => ExitStatus::Error,
+            _ => ExitStatus::Success,
+        };
+    }
+    Ok(worst)
 }
 
 pub(super) async fn doctor(
@@ -93,37 +197,51 @@ pub(super) async fn doctor(
     ws: Option<&Workspace>,
     printer: Printer,
 ) -> Result<ExitStatus, Error> {
-    let client = connect(args, ws).await?;
-    let info = client
-        .info()
-        .await
-        .context("asking BuildKit for its version and workers")?;
-    let mut out = printer.stdout();
-    writeln!(out, "address:  {}", client.addr())?;
-    writeln!(
-        out,
-        "version:  {}",
-        info.version
-            .as_deref()
-            .unwrap_or("unknown (Info is not served: BuildKit < v0.11)")
-    )?;
-    for w in &info.workers {
-        writeln!(out, "worker:   {}", w.id)?;
-        writeln!(out, "  platforms: {}", w.platforms.join(", "))?;
-        for key in ["executor", "snapshotter", "network"] {
-            if let Some(v) = w
-                .labels
-                .get(&format!("org.mobyproject.buildkit.worker.{key}"))
-            {
-                writeln!(out, "  {key}: {v}")?;
+    let specs = builders(args, ws)?;
+    let mut first = true;
+    on_every_builder(&specs, printer, async |client, _| {
+        let info = client
+            .info()
+            .await
+            .context("asking BuildKit for its version and workers")?;
+        let mut out = printer.stdout();
+        if !std::mem::take(&mut first) {
+            writeln!(out)?;
+        }
+        writeln!(out, "address:  {}", client.addr())?;
+        writeln!(
+            out,
+            "version:  {}",
+            info.version
+                .as_deref()
+                .unwrap_or("unknown (Info is not served: BuildKit < v0.11)")
+        )?;
+        // dockerd's embedded BuildKit reports the version it was stamped with, which distribution builds leave at
+        // v0.0.0+unknown: the Engine's version says which BuildKit it embeds.
+        if let Addr::Docker(sock) = client.addr()
+            && let Ok(engine) = crate::buildkit::conn::docker_engine_version(sock).await
+        {
+            writeln!(out, "engine:   Docker Engine {engine}")?;
+        }
+        for w in &info.workers {
+            writeln!(out, "worker:   {}", w.id)?;
+            writeln!(out, "  platforms: {}", w.platforms.join(", "))?;
+            for key in ["executor", "snapshotter", "network"] {
+                if let Some(v) = w
+                    .labels
+                    .get(&format!("org.mobyproject.buildkit.worker.{key}"))
+                {
+                    writeln!(out, "  {key}: {v}")?;
+                }
             }
         }
-    }
-    if info.workers.is_empty() {
-        writeln!(out, "warning:  the daemon has no workers; builds will fail")?;
-        return Ok(ExitStatus::Failure);
-    }
-    Ok(ExitStatus::Success)
+        if info.workers.is_empty() {
+            writeln!(out, "warning:  the daemon has no workers; builds will fail")?;
+            return Ok(ExitStatus::Failure);
+        }
+        Ok(ExitStatus::Success)
+    })
+    .await
 }
 
 pub(super) async fn du(
@@ -132,23 +250,45 @@ pub(super) async fn du(
     printer: Printer,
 ) -> Result<ExitStatus, Error> {
     check_filters(&args.filter)?;
-    let client = connect(&args.daemon, ws).await?;
-    let mut records = client.disk_usage(&args.filter).await?;
-    records.sort_by_key(|r| std::cmp::Reverse(r.size));
+    let specs = builders(&args.daemon, ws)?;
     let table = Table {
         in_use: true,
         width: table_width(args.no_trunc, printer),
         now: SystemTime::now(),
     };
-    let mut out = printer.stdout();
-    table.write(&mut out, &records)?;
-    writeln!(
-        out,
-        "total: {} in {} records",
-        human_bytes(records.iter().map(|r| r.size).sum()),
-        records.len()
-    )?;
-    Ok(ExitStatus::Success)
+    let (mut total, mut count, mut first) = (0i64, 0usize, true);
+    let status = on_every_builder(&specs, printer, async |client, several| {
+        let mut records = client.disk_usage(&args.filter).await?;
+        records.sort_by_key(|r| std::cmp::Reverse(r.size));
+        let mut out = printer.stdout();
+        if several {
+            if !std::mem::take(&mut first) {
+                writeln!(out)?;
+            }
+            writeln!(out, "builder: {}", client.addr())?;
+        }
+        table.write(&mut out, &records)?;
+        let size: i64 = records.iter().map(|r| r.size).sum();
+        writeln!(
+            out,
+            "total: {} in {} records",
+            human_bytes(size),
+            records.len()
+        )?;
+        total += size;
+        count += records.len();
+        Ok(ExitStatus::Success)
+    })
+    .await?;
+    if specs.len() > 1 {
+        writeln!(
+            printer.stdout(),
+            "\ntotal: {} in {count} records on {} builders",
+            human_bytes(total),
+            specs.len()
+        )?;
+    }
+    Ok(status)
 }
 
 /// What `prune` keeps by default: records a build used within this long. BuildKit's first default GC policy keeps
@@ -175,50 +315,80 @@ pub(super) async fn prune(
     if ask && !(io::stdin().is_terminal() && io::stderr().is_terminal()) {
         return Err(Error::usage(NEEDS_YES));
     }
-    let client = connect(&args.daemon, ws).await?;
+    let builders = builders(&args.daemon, ws)?;
+    let several = builders.len() > 1;
     let table = Table {
         in_use: false,
         width: table_width(false, printer),
         now: SystemTime::now(),
     };
     writeln!(printer.stderr(), "{}", kept(&spec))?;
-    if args.dry_run || ask {
-        let doomed = client
-            .prune_preview(&spec)
-            .await
-            .context("listing the cache to see what prune would remove")?;
-        let size = human_bytes(doomed.iter().map(|r| r.size).sum());
-        if args.dry_run {
-            let mut out = printer.stdout();
-            table.write(&mut out, &doomed)?;
-            writeln!(
-                out,
-                "would remove {} records, {size} (a dry run, computed from the disk usage with prune's criteria: \
-                 BuildKit has no dry run)",
-                doomed.len()
-            )?;
-            return Ok(ExitStatus::Success);
+    let mut first = true;
+    let mut header = |out: &mut dyn Write, client: &Client| -> io::Result<()> {
+        if several {
+            if !std::mem::take(&mut first) {
+                writeln!(out)?;
+            }
+            writeln!(out, "builder: {}", client.addr())?;
         }
+        Ok(())
+    };
+    if args.dry_run || ask {
+        let (mut records, mut bytes) = (0usize, 0i64);
+        let status = on_every_builder(&builders, printer, async |client, _| {
+            let doomed = client
+                .prune_preview(&spec)
+                .await
+                .context("listing the cache to see what prune would remove")?;
+            let size: i64 = doomed.iter().map(|r| r.size).sum();
+            (records, bytes) = (records + doomed.len(), bytes + size);
+            if args.dry_run {
+                let mut out = printer.stdout();
+                header(&mut out, client)?;
+                table.write(&mut out, &doomed)?;
+                writeln!(
+                    out,
+                    "would remove {} records, {} (a dry run, computed from the disk usage with prune's criteria: \
+                     BuildKit has no dry run)",
+                    doomed.len(),
+                    human_bytes(size)
+                )?;
+            }
+            Ok(ExitStatus::Success)
+        })
+        .await?;
+        if args.dry_run || status != ExitStatus::Success {
+            return Ok(status);
+        }
+        let on = if several {
+            format!(" on {} builders", builders.len())
+        } else {
+            String::new()
+        };
         let question = format!(
-            "prune --all would remove {} unused cache records ({size}), BuildKit's internal ones too. Remove them?",
-            doomed.len()
+            "prune --all would remove {records} unused cache records ({}){on}, BuildKit's internal ones too. Remove them?",
+            human_bytes(bytes)
         );
         if !confirm(&question, printer).await? {
             writeln!(printer.errors(), "nothing was removed")?;
             return Ok(ExitStatus::Failure);
         }
     }
-    // In the order BuildKit removed them, as the dry run lists them: records before the ones they build on.
-    let removed = client.prune(&spec).await?;
-    let mut out = printer.stdout();
-    table.write(&mut out, &removed)?;
-    writeln!(
-        out,
-        "removed {} records, {} reclaimed",
-        removed.len(),
-        human_bytes(removed.iter().map(|r| r.size).sum())
-    )?;
-    Ok(ExitStatus::Success)
+    on_every_builder(&builders, printer, async |client, _| {
+        // In the order BuildKit removed them, as the dry run lists them: records before the ones they build on.
+        let removed = client.prune(&spec).await?;
+        let mut out = printer.stdout();
+        header(&mut out, client)?;
+        table.write(&mut out, &removed)?;
+        writeln!(
+            out,
+            "removed {} records, {} reclaimed",
+            removed.len(),
+            human_bytes(removed.iter().map(|r| r.size).sum())
+        )?;
+        Ok(ExitStatus::Success)
+    })
+    .await
 }
 
 /// The prune the flags ask for: the defaults apply only without --all, so that --all means everything unused.
@@ -477,6 +647,86 @@ mod tests {
 
     use super::*;
     use crate::cli::args::{Cli, Command};
+
+    fn specs(args: &[&str], config: Option<&str>) -> Result<Vec<BuilderSpec>, Error> {
+        let cli = Cli::try_parse_from([&["buildopt", "doctor"][..], args].concat()).unwrap();
+        let Command::Doctor(args) = cli.command else {
+            unreachable!()
+        };
+        let ws = config.map(|c| {
+            Workspace::parse(
+                c,
+                std::path::Path::new("/ws/buildopt.toml"),
+                std::path::Path::new("/ws"),
+            )
+            .unwrap()
+        });
+        builders(&args, ws.as_ref())
+    }
+
+    fn addrs(specs: &[BuilderSpec]) -> Vec<String> {
+        specs.iter().map(|s| s.addr.to_string()).collect()
+    }
+
+    #[test]
+    fn addr_flags_replace_the_config_and_keep_a_named_builder_s_settings() {
+        let config = "[[buildkit.builders]]\naddr = \"tcp://b0:1234\"\ntls_ca = \"ca.pem\"\nmax_parallel = 3\n\n\
+                      [[buildkit.builders]]\naddr = \"unix:///run/b1.sock\"\n";
+        assert_eq!(
+            addrs(&specs(&[], Some(config)).unwrap()),
+            ["tcp://b0:1234", "unix:///run/b1.sock"]
+        );
+        let got = specs(&["--addr", "tcp://b0:1234,tcp://other:1"], Some(config)).unwrap();
+        assert_eq!(addrs(&got), ["tcp://b0:1234", "tcp://other:1"]);
+        assert_eq!(
+            got[0].tls.ca_cert.as_deref(),
+            Some(std::path::Path::new("/ws/ca.pem"))
+        );
+        assert_eq!(got[0].max_parallel, Some(3));
+        assert_eq!(
+            (got[1].tls.ca_cert.as_ref(), got[1].max_parallel),
+            (None, None)
+        );
+        let repeated = specs(&["--addr", "docker://", "--addr", "unix:///b.sock"], None).unwrap();
+        assert_eq!(
+            addrs(&repeated),
+            ["docker:///var/run/docker.sock", "unix:///b.sock"]
+        );
+    }
+
+    #[test]
+    fn tls_flags_go_to_tcp_builders_without_settings_of_their_own() {
+        let config = "[[buildkit.builders]]\naddr = \"tcp://b0:1234\"\ntls_ca = \"ca.pem\"\n\n\
+                      [[buildkit.builders]]\naddr = \"tcp://b1:1234\"\n\n\
+                      [[buildkit.builders]]\naddr = \"docker://\"\n";
+        let got = specs(&["--tlscacert", "/flag/ca.pem"], Some(config)).unwrap();
+        let ca = |i: usize| got[i].tls.ca_cert.clone();
+        assert_eq!(ca(0), Some("/ws/ca.pem".into()));
+        assert_eq!(ca(1), Some("/flag/ca.pem".into()));
+        assert_eq!(ca(2), None);
+        let err = specs(&["--addr", "docker://", "--tlscacert", "/ca.pem"], None).unwrap_err();
+        assert_eq!(err.status(), ExitStatus::Error);
+        assert!(
+            err.to_string().contains(
+                "TLS options apply to tcp:// addresses only, not docker:///var/run/docker.sock"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_or_repeated_address_is_a_usage_error() {
+        let err = specs(&["--addr", "tcp://a:1,http://x"], None).unwrap_err();
+        assert_eq!(err.status(), ExitStatus::Error);
+        assert!(
+            err.to_string()
+                .contains("unsupported BuildKit address `http://x`"),
+            "{err}"
+        );
+        let err = specs(&["--addr", "docker://,docker:///var/run/docker.sock"], None).unwrap_err();
+        assert_eq!(err.status(), ExitStatus::Error);
+        assert!(err.to_string().contains("is given twice"), "{err}");
+    }
 
     #[test]
     fn sizes() {

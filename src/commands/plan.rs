@@ -61,6 +61,7 @@ pub(super) fn run(ws: &Workspace, args: &PlanArgs, printer: Printer) -> Result<E
             .collect(),
         interrupted: None,
         duration: None,
+        builders: 0,
     };
     let mut out = printer.stdout();
     if args.json {

@@ -5,9 +5,11 @@
 //! overridden or interpolated value is checked like any other. Every error names the file, the line and the key
 //! (or the `--set` it came from), and says what to do. Nothing here panics on bad input.
 
+pub mod builders;
 pub mod output;
 pub mod vars;
 
+pub use builders::Builder;
 pub use output::{Output, OutputKind};
 
 use std::collections::BTreeMap;
@@ -91,7 +93,7 @@ impl<'de> Deserialize<'de> for EcrMode {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     registry: Option<RegistryToml>,
-    buildkit: Option<BuildkitToml>,
+    buildkit: Option<builders::BuildkitToml>,
     #[serde(default)]
     services: BTreeMap<Spanned<String>, Spanned<ServiceToml>>,
 }
@@ -108,13 +110,6 @@ struct RegistryToml {
     create_repositories: bool,
     ecr_endpoint: Option<String>,
     ecr_region: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BuildkitToml {
-    addr: Option<String>,
-    network: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -380,8 +375,9 @@ pub struct Workspace {
     pub config_path: PathBuf,
     /// `[registry]`, if any.
     pub registry: Option<Registry>,
-    /// `[buildkit] addr`, if any.
-    pub buildkit_addr: Option<String>,
+    /// The builders of `[buildkit]` (`addr`, one or a list, or `[[buildkit.builders]]`), in order; empty when
+    /// none is configured.
+    pub builders: Vec<Builder>,
     /// `[buildkit] network` (`default`, `host` or `none`), if any.
     pub buildkit_network: Option<String>,
     /// Services, dependencies before dependents, otherwise by name.
@@ -829,8 +825,9 @@ impl Workspace {
                 ),
             )
         })?;
-        let (buildkit_addr, buildkit_network) = match file.buildkit {
-            None => (None, None),
+        let builders = builders::builders(file.buildkit.as_ref(), root, &at)?;
+        let buildkit_network = match file.buildkit {
+            None => None,
             Some(b) => {
                 if let Some(n) = &b.network
                     && !["default", "host", "none"].contains(&n.get_ref().as_str())
@@ -840,14 +837,14 @@ impl Workspace {
                         format!("`buildkit.network`: unknown network `{}`; use \"default\", \"host\" or \"none\"", n.get_ref()),
                     ));
                 }
-                (b.addr, b.network.map(Spanned::into_inner))
+                b.network.map(Spanned::into_inner)
             }
         };
         Ok(Workspace {
             root: root.to_owned(),
             config_path: path.to_owned(),
             registry,
-            buildkit_addr,
+            builders,
             buildkit_network,
             services,
         })
