@@ -5,8 +5,8 @@
 //! overridden or interpolated value is checked like any other. Every error names the file, the line and the key
 //! (or the `--set` it came from), and says what to do. Nothing here panics on bad input.
 
-pub mod output;
 pub mod mounts;
+pub mod output;
 pub mod vars;
 
 pub use output::{Output, OutputKind};
