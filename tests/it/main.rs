@@ -17,6 +17,8 @@ mod context;
 mod differential;
 /// What changed, said on any runner: the input manifest stored beside each image in the registry.
 mod explain;
+/// Build secrets and SSH agent forwarding, on both daemons: values reach the steps and nothing else.
+mod features;
 /// Input digest stability and sensitivity, and the local index.
 mod hash;
 /// The registry as the source of truth, tags, ECR via moto, bad input.
