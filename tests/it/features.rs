@@ -115,20 +115,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// The content of `path` in the image `repo:tag` (the last layer that has it).
 fn image_file(s: &Services, repo: &str, tag: &str, path: &str) -> Option<String> {
-    let m = s.manifest(repo, tag).expect("manifest");
-    let m = match m["manifests"].as_array() {
-        Some(children) => {
-            let child = children
-                .iter()
-                .find(|d| d["platform"]["os"] != "unknown")
-                .expect("an image manifest")["digest"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            s.manifest(repo, &child).unwrap()
-        }
-        None => m,
-    };
+    let m = s.image_manifest(repo, tag);
     let dir = tempfile::tempdir().unwrap();
     let mut found = None;
     for layer in m["layers"].as_array().unwrap() {
@@ -145,6 +132,15 @@ fn image_file(s: &Services, repo: &str, tag: &str, path: &str) -> Option<String>
         }
     }
     found
+}
+
+/// The summary line of failed service `svc`.
+fn failure(stderr: &str, svc: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("failed") && l.split_whitespace().nth(1) == Some(svc))
+        .unwrap_or_else(|| panic!("no failure of {svc}:\n{stderr}"))
+        .to_owned()
 }
 
 /// Every file under `dir`, recursively, as (path, bytes).
@@ -409,12 +405,7 @@ fn missing_secrets_fail_their_service_naming_the_id_and_where_buildopt_looked() 
             ],
         );
         assert_eq!(code, 1, "{addr}: {err}");
-        let line = |svc: &str| {
-            err.lines()
-                .find(|l| l.starts_with("failed") && l.split_whitespace().nth(1) == Some(svc))
-                .unwrap_or_else(|| panic!("{addr}: no failure of {svc}:\n{err}"))
-                .to_owned()
-        };
+        let line = |svc: &str| failure(&err, svc);
         let unknown = line("unknown");
         assert!(unknown.contains("unknown/Dockerfile:2"), "{unknown}");
         assert!(
@@ -683,12 +674,7 @@ fn missing_agents_fail_their_service_clearly() {
         ],
     );
     assert_eq!(code, 1, "{err}");
-    let line = |svc: &str| {
-        err.lines()
-            .find(|l| l.starts_with("failed") && l.split_whitespace().nth(1) == Some(svc))
-            .unwrap_or_else(|| panic!("no failure of {svc}:\n{err}"))
-            .to_owned()
-    };
+    let line = |svc: &str| failure(&err, svc);
     assert!(
         line("noenv").ends_with("SSH `default`: SSH_AUTH_SOCK is not set, so there is no agent to forward; start one (`eval \"$(ssh-agent)\"` and `ssh-add KEYFILE`) or give a socket or key file: `--ssh default=PATH`"),
         "{err}"
