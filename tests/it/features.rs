@@ -697,3 +697,27 @@ fn missing_agents_fail_their_service_clearly() {
         "{err}"
     );
 }
+
+/// A malformed `--secret` or `--ssh` is a usage error (exit 2) naming the flag, before anything is built.
+#[test]
+fn malformed_flags_are_usage_errors() {
+    let t = Tree::new().app();
+    for (args, expected) in [
+        (
+            ["--secret", "src=token.txt"],
+            "error: --secret `src=token.txt`: secret `src=token.txt` has no id; expected `id=ID[,src=PATH]` or `id=ID,env=VAR` (buildx's --secret syntax)",
+        ),
+        (
+            ["--secret", "id=a,src=x,env=Y"],
+            "error: --secret `id=a,src=x,env=Y`: secret `id=a,src=x,env=Y`: give either src= (a file) or env= (a variable), not both",
+        ),
+        (
+            ["--ssh", "=agent.sock"],
+            "error: --ssh `=agent.sock`: ssh `=agent.sock`: no id; expected `default`, `ID` (the agent at $SSH_AUTH_SOCK) or `ID=SOCKET|KEYFILE[,KEYFILE]`",
+        ),
+    ] {
+        let (code, _, err) = t.run(&[&["build"], &args[..]].concat());
+        assert_eq!(code, 2, "{err}");
+        assert_eq!(err.trim(), expected);
+    }
+}
