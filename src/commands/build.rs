@@ -1503,7 +1503,7 @@ fn solve_error(client: &Client, e: RpcError, session: &Session) -> ServiceError 
         let missing = session
             .missing_secrets()
             .into_iter()
-            .filter(|m| text.contains(&format!("secret {}", m.id)))
+            .filter(|m| text.contains(&format!("secret {}: ", m.id)))
             .collect();
         ServiceError::Solve { source: e, missing }
     }

@@ -55,6 +55,17 @@ pub enum SshError {
         /// Where the path came from.
         what: &'static str,
     },
+    /// The socket or key file cannot be looked at.
+    #[error("SSH `{id}`: cannot read {}", path.display())]
+    Unreadable {
+        /// The id.
+        id: String,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A socket that no agent answers on.
     #[error("SSH `{id}`: no agent answers on {} ({what}); is it still running?", path.display())]
     Unreachable {
@@ -152,13 +163,14 @@ impl SshAgents {
                         .map(PathBuf::from)
                         .ok_or_else(|| SshError::NoAuthSock { id: id.clone() })?;
                     match tokio::fs::metadata(&path).await {
-                        Err(_) => {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                             return Err(SshError::Missing {
                                 id,
                                 path,
                                 what: "the agent socket SSH_AUTH_SOCK names",
                             });
                         }
+                        Err(source) => return Err(SshError::Unreadable { id, path, source }),
                         Ok(m) if !is_socket(&m) => return Err(SshError::NotSocket { id, path }),
                         Ok(_) => {}
                     }
@@ -170,11 +182,18 @@ impl SshAgents {
                     let mut socket = None;
                     for path in paths {
                         match tokio::fs::metadata(path).await {
-                            Err(_) => {
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                                 return Err(SshError::Missing {
                                     id,
                                     path: path.clone(),
                                     what: "an agent socket or a private key file",
+                                });
+                            }
+                            Err(source) => {
+                                return Err(SshError::Unreadable {
+                                    id,
+                                    path: path.clone(),
+                                    source,
                                 });
                             }
                             Ok(m) if is_socket(&m) && paths.len() == 1 => {
