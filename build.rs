@@ -24,6 +24,8 @@ const SERVER_PROTOS: &[&str] = &[
     "proto/github.com/moby/buildkit/session/filesync/filesync.proto",
     "proto/github.com/moby/buildkit/session/auth/auth.proto",
     "proto/github.com/containerd/containerd/api/services/content/v1/content.proto",
+    "proto/github.com/moby/buildkit/session/secrets/secrets.proto",
+    "proto/github.com/moby/buildkit/session/sshforward/ssh.proto",
 ];
 
 /// Read by `src/proto.rs` as `FILE_DESCRIPTOR_SET`.

@@ -897,6 +897,8 @@ pub(crate) mod tests {
             contexts: BTreeMap::new(),
             attest: Default::default(),
             outputs: Vec::new(),
+            secrets: Vec::new(),
+            ssh: Vec::new(),
         };
         let inputs = hash_service(&svc, &BTreeMap::new(), &Index::disabled(), &[]).unwrap();
         (dir, svc, inputs)

@@ -23,12 +23,24 @@ pub(crate) mod moby {
                 tonic::include_proto!("moby.buildkit.v1.types");
             }
         }
+
+        pub(crate) mod secrets {
+            pub(crate) mod v1 {
+                tonic::include_proto!("moby.buildkit.secrets.v1");
+            }
+        }
     }
 
     /// Also holds the `Auth` service: upstream puts it in this package, not `moby.auth`.
     pub(crate) mod filesync {
         pub(crate) mod v1 {
             tonic::include_proto!("moby.filesync.v1");
+        }
+    }
+
+    pub(crate) mod sshforward {
+        pub(crate) mod v1 {
+            tonic::include_proto!("moby.sshforward.v1");
         }
     }
 }
@@ -70,7 +82,7 @@ pub(crate) mod grpc {
 }
 
 /// Encoded `prost_types::FileDescriptorSet` of the services we serve over the session
-/// (Health, FileSync, Auth) and their imports; used to list the served method paths.
+/// (Health, FileSync, Auth, Secrets, SSH) and their imports; used to list the served method paths.
 pub(crate) const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/buildopt_descriptor.bin"));
 
@@ -228,6 +240,7 @@ mod tests {
                 "/containerd.services.content.v1.Content/Read",
                 "/grpc.health.v1.Health/Check",
                 "/grpc.health.v1.Health/Watch",
+                "/moby.buildkit.secrets.v1.Secrets/GetSecret",
                 "/moby.filesync.v1.Auth/Credentials",
                 "/moby.filesync.v1.Auth/FetchToken",
                 "/moby.filesync.v1.Auth/GetTokenAuthority",
@@ -235,6 +248,8 @@ mod tests {
                 "/moby.filesync.v1.FileSend/DiffCopy",
                 "/moby.filesync.v1.FileSync/DiffCopy",
                 "/moby.filesync.v1.FileSync/TarStream",
+                "/moby.sshforward.v1.SSH/CheckAgent",
+                "/moby.sshforward.v1.SSH/ForwardAgent",
             ]
         );
     }

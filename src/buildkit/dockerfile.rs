@@ -82,6 +82,8 @@ pub(crate) struct DockerfileSolve<'a> {
     pub(crate) stages: &'a [String],
     /// Further exporters (outputs to the client), after the image's.
     pub(crate) outputs: &'a [ExporterSpec],
+    /// Run every step, ignoring BuildKit's cache.
+    pub(crate) no_cache: bool,
 }
 
 /// The solve that writes `outputs` from an image that exists (a skipped service's), without building anything: a
@@ -177,6 +179,10 @@ impl DockerfileSolve<'_> {
                 NamedContext::Local(_) => format!("local:{}", crate::hash::named_local(name)),
             };
             attrs.insert(format!("context:{name}"), value);
+        }
+        if self.no_cache {
+            // Every stage (a value would name stages).
+            attrs.insert("no-cache".to_owned(), String::new());
         }
         if let Some(p) = &svc.attest.provenance {
             attrs.insert("attest:provenance".to_owned(), p.clone());

@@ -35,7 +35,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto, env = "BUILDOPT_PROGRESS")]
     pub progress: ProgressMode,
     /// Override a service key as bake does: SERVICE.KEY=VALUE, '*.KEY=VALUE' for every service, or
-    /// SERVICE.build_args.NAME=VALUE; lists (tags, platforms, cache_from, depends_on) are comma-separated. Repeatable;
+    /// SERVICE.build_args.NAME=VALUE; lists (tags, platforms, cache_from, depends_on) are comma-separated; a `secrets`
+    /// or `ssh` value is one entry, which replaces the entry with its id or is added (empty: none). Repeatable;
     /// checked like the file; `;`-separated in the environment.
     #[arg(
         long = "set",
@@ -210,6 +211,21 @@ pub struct BuildArgs {
     /// Build even when an image for the same inputs exists.
     #[arg(long)]
     pub force: bool,
+    /// Run every step of the services that are built, ignoring BuildKit's cache (with --force: also those whose
+    /// image exists, e.g. after a secret changed, which neither the input digest nor BuildKit's cache sees).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// A secret the builds may mount (`RUN --mount=type=secret,id=ID`), as buildx takes it: `id=ID,src=PATH` (a
+    /// file), `id=ID,env=VAR` (a variable), or `id=ID` (variable ID if set, else file ID); repeatable; for every
+    /// selected service, over its own `secrets` with the same id. The value is read when a step asks for it and is
+    /// not an input.
+    #[arg(long = "secret", value_name = "id=ID[,src=PATH|,env=VAR]")]
+    pub secrets: Vec<String>,
+    /// An SSH agent the builds may forward (`RUN --mount=type=ssh[,id=ID]`), as buildx takes it: `default` (the
+    /// agent at $SSH_AUTH_SOCK), `ID=SOCKET`, or `ID=KEYFILE[,KEYFILE]` (served by an ssh-agent buildopt starts);
+    /// repeatable; for every selected service, over its own `ssh` with the same id.
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEYFILE[,KEYFILE]]")]
+    pub ssh: Vec<String>,
     /// Show the plan and stop.
     #[arg(long)]
     pub dry_run: bool,

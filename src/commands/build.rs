@@ -40,8 +40,10 @@ use crate::registry::promote::{
 use crate::registry::verify::Verifier;
 use crate::registry::{RegistryError, content_tag};
 use crate::report::{BuildReport, Location, ServiceReport, Status, TransferSummary};
-use crate::session::Sink;
-use crate::session::{LOCAL_CONTEXT, LOCAL_DOCKERFILE, Session, SessionError, new_id};
+use crate::session::{
+    LOCAL_CONTEXT, LOCAL_DOCKERFILE, MissingSecret, Session, SessionError, Sink, SshAgents,
+    SshError, new_id,
+};
 use crate::state::{ServiceState, StateStore};
 
 /// How long the status stream may keep draining after the solve returned.
@@ -58,11 +60,16 @@ enum ServiceError {
     #[error(transparent)]
     Connect(Unplaced),
     /// The solve failed (a step, the frontend, a push).
-    #[error("{}{}", .source, entitlement_hint(.source))]
+    #[error("{}{}{}", .source, entitlement_hint(.source), missing_secrets(.missing))]
     Solve {
         /// The daemon's error.
         source: RpcError,
+        /// The secrets it names that the session did not have, and where buildopt looked.
+        missing: Vec<MissingSecret>,
     },
+    /// An SSH agent to forward is not there.
+    #[error(transparent)]
+    Ssh(#[from] SshError),
     /// The connection to the daemon dropped mid-build.
     #[error(
         "lost the connection to BuildKit at {addr} during the build (did the daemon stop or restart?); nothing was tagged"
@@ -105,7 +112,7 @@ enum ServiceError {
 impl ServiceError {
     /// Where in `svc`'s Dockerfile the failure is, when BuildKit named a line of it.
     fn location(&self, svc: &Service) -> Option<Location> {
-        let ServiceError::Solve { source } = self else {
+        let ServiceError::Solve { source, .. } = self else {
             return None;
         };
         let at = source.location()?;
@@ -140,6 +147,11 @@ enum Unplaced {
         "every BuildKit builder of this run was lost during it (see the warnings); nothing was tagged"
     )]
     AllLost,
+}
+
+/// Where buildopt looked for the secrets a failed build missed (the daemon only says `secret ID: not found`).
+fn missing_secrets(missing: &[MissingSecret]) -> String {
+    missing.iter().map(|m| format!("; {m}")).collect()
 }
 
 /// How one service ended.
@@ -218,6 +230,7 @@ struct RunContext {
     cache_to: bool,
     cache_from: CacheImports,
     network: NetworkMode,
+    no_cache: bool,
     keychain: Arc<dyn Keychain>,
     verifier: Verifier,
     ledger: TagLedger,
@@ -397,6 +410,7 @@ pub(super) fn run(
             cache_to: args.cache_to == CacheMode::Registry,
             cache_from: CacheImports::parse(&args.cache_from)?,
             network,
+            no_cache: args.no_cache,
             keychain,
             verifier,
             ledger: TagLedger::default(),
@@ -1415,10 +1429,24 @@ async fn solve(
         .filter_map(|d| d.layout.as_ref())
         .map(|l| (format!("oci:{}", l.store), l.dir.clone()))
         .collect();
+    // The agents (and those started for key files) live as long as the session; a materializing solve runs no step.
+    let agents = match &scratch {
+        Some(_) => SshAgents::default(),
+        None => match SshAgents::prepare(&svc.ssh).await {
+            Ok(agents) => agents,
+            Err(e) => {
+                let e = ServiceError::from(e);
+                progress.finish(&Err(one_line(&e)));
+                return (Err(e), Vec::new());
+            }
+        },
+    };
     let session = Session::new(dirs, ctx.keychain.clone(), shared_key(svc))
         .hide_own(ctx.own.clone())
         .with_outputs(sinks.clone())
-        .with_stores(stores);
+        .with_stores(stores)
+        .with_secrets(svc.secrets.clone())
+        .with_ssh(agents);
     let session_id = session.id().to_owned();
     let spec = if scratch.is_some() {
         crate::buildkit::dockerfile::materialize(new_id(), svc, &output_exporters)
@@ -1435,6 +1463,7 @@ async fn solve(
             deps,
             stages: &stages,
             outputs: &output_exporters,
+            no_cache: ctx.no_cache,
         }
         .spec(new_id())
     };
@@ -1456,7 +1485,7 @@ async fn solve(
         })
     };
     let result = tokio::select! {
-        r = client.solve(&spec, &session_id) => r.map_err(|e| solve_error(client, e)),
+        r = client.solve(&spec, &session_id) => r.map_err(|e| solve_error(client, e, &session)),
         r = client.run_session(session.clone()) => Err(session_error(client, r)),
     };
     // A solve that failed before the daemon started the job has no status to wait for (the daemon would hold the
@@ -1510,7 +1539,12 @@ async fn solve(
             }
             _ => None,
         };
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = session
+            .missing_secrets()
+            .iter()
+            .filter(|m| m.looked.is_some())
+            .map(|m| format!("{m}; the step that mounts it ran without it (its mount is optional)"))
+            .collect();
         if !spec.cache_exports.is_empty()
             && !outcome.exporter_response.contains_key(CACHE_MANIFEST)
         {
@@ -1611,15 +1645,22 @@ fn check_outputs(
     Ok(written)
 }
 
-/// A failed solve: the daemon gone, or the build's own failure.
-fn solve_error(client: &Client, e: RpcError) -> ServiceError {
+/// A failed solve: the daemon gone, or the build's own failure (with where buildopt looked for the secrets the
+/// daemon's error names).
+fn solve_error(client: &Client, e: RpcError, session: &Session) -> ServiceError {
     if e.is_transport() {
         ServiceError::DaemonLost {
             addr: client.addr().to_string(),
             source: Box::new(e),
         }
     } else {
-        ServiceError::Solve { source: e }
+        let text = e.to_string();
+        let missing = session
+            .missing_secrets()
+            .into_iter()
+            .filter(|m| text.contains(&format!("secret {}: ", m.id)))
+            .collect();
+        ServiceError::Solve { source: e, missing }
     }
 }
 

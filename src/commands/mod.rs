@@ -132,6 +132,7 @@ pub fn run(cli: Cli, printer: Printer) -> Result<ExitStatus, Error> {
         Command::Build(args) => {
             let mut ws = load_workspace(config, sets)?;
             ws.add_tags(&args.tags)?;
+            ws.add_mounts(&args.secrets, &args.ssh, &std::env::current_dir()?)?;
             build::run(&ws, args, printer, cli.global.progress)
         }
         // The daemon commands work without a config; one is used for `[buildkit] addr` when present.

@@ -6,6 +6,7 @@
 //! (or the `--set` it came from), and says what to do. Nothing here panics on bad input.
 
 pub mod builders;
+pub mod mounts;
 pub mod output;
 pub mod vars;
 
@@ -18,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_spanned::Spanned;
+
+use mounts::{ById, SecretSpec, SshSpec};
 
 /// The config file name looked for in the current directory and its parents.
 pub const CONFIG_FILE: &str = "buildopt.toml";
@@ -141,6 +144,10 @@ struct ServiceToml {
     source_date_epoch: Option<Spanned<i64>>,
     #[serde(default)]
     inputs: Inputs,
+    #[serde(default)]
+    secrets: Vec<Spanned<String>>,
+    #[serde(default)]
+    ssh: Vec<Spanned<String>>,
 }
 
 /// `attest = { provenance = "mode=max" | true | false, sbom = true | false | "generator=IMAGE" }`.
@@ -311,6 +318,11 @@ pub struct Service {
     pub attest: Attest,
     /// Outputs besides the registry (`dest` absolute).
     pub outputs: Vec<Output>,
+    /// Secrets its build may mount (`RUN --mount=type=secret`), by id: where each value comes from, never a value.
+    /// Not an input.
+    pub secrets: Vec<SecretSpec>,
+    /// SSH agents its build may forward (`RUN --mount=type=ssh`), by id. Not an input.
+    pub ssh: Vec<SshSpec>,
 }
 
 /// What a named build context is.
@@ -791,6 +803,10 @@ impl Workspace {
                     edges.push(d);
                 }
             }
+            let secrets = by_id(svc.secrets, &key("secrets"), &at, |s| {
+                SecretSpec::parse(s, root)
+            })?;
+            let ssh = by_id(svc.ssh, &key("ssh"), &at, |s| SshSpec::parse(s, root))?;
             services.push((
                 Service {
                     name,
@@ -811,6 +827,8 @@ impl Workspace {
                     contexts,
                     attest,
                     outputs,
+                    secrets,
+                    ssh,
                 },
                 edges,
             ));
@@ -873,6 +891,33 @@ impl Workspace {
                     svc.tags.push(tag.clone());
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Adds `--secret` and `--ssh` entries (paths relative to `base`, the current directory) to every service: an
+    /// entry replaces the service's own with its id, or is added.
+    pub fn add_mounts(
+        &mut self,
+        secrets: &[String],
+        ssh: &[String],
+        base: &Path,
+    ) -> Result<(), ConfigError> {
+        fn flag(name: &'static str, value: &str) -> impl FnOnce(String) -> ConfigError {
+            let set = format!("--{name} `{value}`");
+            move |message| ConfigError::Override { set, message }
+        }
+        let secrets = secrets
+            .iter()
+            .map(|s| SecretSpec::parse(s, base).map_err(flag("secret", s)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ssh = ssh
+            .iter()
+            .map(|s| SshSpec::parse(s, base).map_err(flag("ssh", s)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for svc in &mut self.services {
+            mounts::merge_by_id(&mut svc.secrets, &secrets);
+            mounts::merge_by_id(&mut svc.ssh, &ssh);
         }
         Ok(())
     }
@@ -958,6 +1003,9 @@ impl Locator<'_> {
 const LIST_KEYS: &[&str] = &["tags", "platforms", "depends_on", "cache_from"];
 /// List keys whose items hold commas themselves: `--set` gives a list of one item.
 const ONE_ITEM_LIST_KEYS: &[&str] = &["outputs"];
+/// List keys whose entries hold commas themselves (buildx's `--secret` and `--ssh` syntax): a `--set` value is one
+/// entry, which replaces the entry with its id or is added (as bake merges them); an empty value empties the list.
+const ENTRY_LIST_KEYS: &[&str] = &["secrets", "ssh"];
 /// Keys whose `--set` value is an integer.
 const INTEGER_KEYS: &[&str] = &["source_date_epoch"];
 /// Keys that are tables of strings: `--set SERVICE.build_args.NAME=VALUE`.
@@ -1033,6 +1081,27 @@ fn apply_set<'i>(
             continue;
         };
         match sub {
+            None if ENTRY_LIST_KEYS.contains(&key) => {
+                let existing = svc
+                    .iter_mut()
+                    .find(|(k, _)| k.get_ref() == key)
+                    .map(|(_, v)| v);
+                match existing.map(|v| v.get_mut()) {
+                    Some(DeValue::Array(items)) if !value.trim().is_empty() => {
+                        items.push(string(value));
+                    }
+                    _ => {
+                        let mut items = DeArray::new();
+                        if !value.trim().is_empty() {
+                            items.push(string(value));
+                        }
+                        svc.insert(
+                            Spanned::new(span.clone(), Cow::Owned(key.to_owned())),
+                            spanned(DeValue::Array(items)),
+                        );
+                    }
+                }
+            }
             None => {
                 svc.insert(
                     Spanned::new(span.clone(), Cow::Owned(key.to_owned())),
@@ -1067,6 +1136,33 @@ fn apply_set<'i>(
         return Err(format!("no service `{service}` in the config"));
     }
     Ok(())
+}
+
+/// The entries of a list keyed by id (`secrets`, `ssh`), parsed: two entries of the file with the same id are an
+/// error; an entry from a `--set` replaces the earlier one with its id.
+fn by_id<T: ById>(
+    items: Vec<Spanned<String>>,
+    key: &str,
+    at: &Locator<'_>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, ConfigError> {
+    let mut out: Vec<T> = Vec::new();
+    for item in items {
+        let span = item.span();
+        let entry =
+            parse(item.get_ref()).map_err(|m| at.err(span.clone(), format!("{key}: {m}")))?;
+        match out.iter().position(|e| e.id() == entry.id()) {
+            Some(i) if span.start >= at.file_len => out[i] = entry,
+            Some(_) => {
+                return Err(at.err(
+                    span,
+                    format!("{key}: id `{}` is listed twice; remove one", entry.id()),
+                ));
+            }
+            None => out.push(entry),
+        }
+    }
+    Ok(out)
 }
 
 /// Interpolates every string value under `table` (keys are names, not values, and stay as written).
@@ -1442,5 +1538,92 @@ mod tests {
         ));
         assert!(!is_ecr_host("127.0.0.1:5000"));
         assert!(!is_ecr_host("dkr.ecr.us-west-2.amazonaws.com"));
+    }
+
+    /// `secrets` and `ssh` of one workspace with service `app`, read with `sets`.
+    fn mounts(toml_extra: &str, sets: &[&str]) -> Result<(Vec<String>, Vec<String>), String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("app")).unwrap();
+        std::fs::write(dir.path().join("app/Dockerfile"), "FROM scratch\n").unwrap();
+        let text = format!("[services.app]\ncontext = \"app\"\n{toml_extra}");
+        let sets: Vec<String> = sets.iter().map(|s| (*s).to_owned()).collect();
+        let options = LoadOptions {
+            sets: &sets,
+            env: &|name| (name == "HOME").then(|| "/home/me".to_owned()),
+        };
+        let ws = Workspace::parse_with(&text, Path::new("buildopt.toml"), dir.path(), &options)
+            .map_err(|e| {
+                e.to_string()
+                    .replace(&dir.path().display().to_string(), "[ROOT]")
+            })?;
+        let shown = |v: Vec<String>| {
+            v.into_iter()
+                .map(|s| s.replace(&dir.path().display().to_string(), "[ROOT]"))
+                .collect()
+        };
+        let svc = &ws.services[0];
+        Ok((
+            shown(svc.secrets.iter().map(ToString::to_string).collect()),
+            shown(svc.ssh.iter().map(ToString::to_string).collect()),
+        ))
+    }
+
+    #[test]
+    fn secrets_and_ssh_keys_and_their_overrides() {
+        let file = "secrets = [\"id=npm,src=${HOME}/.npmrc\", \"id=token,env=GH_TOKEN\"]\nssh = [\"default\", \"github=keys/deploy\"]\n";
+        assert_eq!(
+            mounts(file, &[]).unwrap(),
+            (
+                vec![
+                    "id=npm,src=/home/me/.npmrc".into(),
+                    "id=token,env=GH_TOKEN".into()
+                ],
+                vec!["default".into(), "github=[ROOT]/keys/deploy".into()]
+            )
+        );
+        // A --set value is one entry (its commas are its own): it replaces the entry with its id, or is added.
+        let (secrets, ssh) = mounts(
+            file,
+            &[
+                "app.secrets=id=token,src=tok.txt",
+                "*.secrets=id=pip,env=PIP",
+                "app.ssh=github=/k1,/k2",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            secrets,
+            [
+                "id=npm,src=/home/me/.npmrc",
+                "id=token,src=[ROOT]/tok.txt",
+                "id=pip,env=PIP"
+            ]
+        );
+        assert_eq!(ssh, ["default", "github=/k1,/k2"]);
+        // An empty value empties the list; later entries add to it again.
+        let (secrets, ssh) =
+            mounts(file, &["app.secrets=", "app.ssh=", "app.ssh=default"]).unwrap();
+        assert!(secrets.is_empty());
+        assert_eq!(ssh, ["default"]);
+        // Without the key in the file.
+        assert_eq!(
+            mounts("", &["app.secrets=id=a,env=A"]).unwrap().0,
+            ["id=a,env=A"]
+        );
+
+        // Errors name the line and key, or the --set.
+        assert_eq!(
+            mounts("secrets = [\"id=a,env=A\",\n  \"id=a,src=x\"]\n", &[]).unwrap_err(),
+            "buildopt.toml:4: `services.app.secrets`: id `a` is listed twice; remove one"
+        );
+        assert_eq!(
+            mounts("ssh = [\"=x\"]\n", &[]).unwrap_err(),
+            "buildopt.toml:3: `services.app.ssh`: ssh `=x`: no id; expected `default`, `ID` (the agent at $SSH_AUTH_SOCK) or `ID=SOCKET|KEYFILE[,KEYFILE]`"
+        );
+        assert_eq!(
+            mounts("", &["app.secrets=src=x"]).unwrap_err(),
+            "--set `app.secrets=src=x`: `services.app.secrets`: secret `src=x` has no id; expected `id=ID[,src=PATH]` or `id=ID,env=VAR` (buildx's --secret syntax)"
+        );
+        assert!(mounts("secrets = \"id=a\"\n", &[]).is_err(), "a list");
     }
 }

@@ -386,7 +386,15 @@ pub(crate) fn instruction(node: &Node) -> Result<Instruction, InstrError> {
 
 /// Splits a `--mount` value into fields with `encoding/csv` rules (quotes group, `""` is a quote).
 fn csv_fields(value: &str) -> Result<Vec<String>, InstrError> {
-    let bad = |why: &str| InstrError::Rejected(format!("failed to parse csv mounts: {why}"));
+    go_csv_fields(value)
+        .map_err(|why| InstrError::Rejected(format!("failed to parse csv mounts: {why}")))
+}
+
+/// One line of CSV as Go's `encoding/csv` reads it (which BuildKit's `--mount` parser and buildx's `--secret`
+/// use): fields separated by commas, a field in double quotes may hold commas, `""` in it is one quote. The error
+/// is Go's message.
+pub(crate) fn go_csv_fields(value: &str) -> Result<Vec<String>, &'static str> {
+    let bad = |why: &'static str| why;
     let mut fields = Vec::new();
     if value.is_empty() {
         return Ok(fields);

@@ -32,6 +32,7 @@ mod predict;
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub(crate) use instructions::go_csv_fields;
 pub use predict::predict_with;
 
 /// `# syntax=` values that run a frontend with the same context-path rules as the frontend built into BuildKit, so

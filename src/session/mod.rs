@@ -1,14 +1,19 @@
 //! The client side of a BuildKit session: a gRPC *server* we run over a byte stream the daemon dials into, serving
-//! health checks, file sync of the local directories, and registry credentials.
+//! health checks, file sync of the local directories, registry credentials, the build's secrets and its SSH agents.
 
 mod auth;
 mod content;
 mod filesend;
 mod filesync;
+mod secrets;
+mod ssh;
 pub(crate) mod stream;
 
 pub(crate) use content::unpack_layout;
 pub use filesend::{Received, Sink};
+pub use secrets::MissingSecret;
+pub use ssh::{SshAgents, SshError};
+
 #[cfg(test)]
 pub(crate) use filesync::SentContent;
 pub use filesync::Transfer;
@@ -24,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Keychain;
+use crate::config::mounts::SecretSpec;
 use crate::proto::{self, grpc::health::v1 as health};
 
 /// Metadata keys the daemon reads when the session is opened (gRPC form of `X-Docker-Expose-Session-*`).
@@ -69,6 +75,8 @@ pub struct Session {
     log: filesync::TransferLog,
     outputs: filesend::Outputs,
     stores: Arc<HashMap<String, PathBuf>>,
+    secrets: secrets::SecretStore,
+    ssh: Arc<SshAgents>,
 }
 
 impl std::fmt::Debug for Session {
@@ -97,6 +105,8 @@ impl Session {
             log: Default::default(),
             outputs: Default::default(),
             stores: Default::default(),
+            secrets: Default::default(),
+            ssh: Default::default(),
         }
     }
 
@@ -115,6 +125,24 @@ impl Session {
     /// What arrived for each output so far.
     pub fn received(&self) -> Vec<Received> {
         self.outputs.received()
+    }
+
+    /// Serves these secrets (by id) to the build; none by default. Their values are read when the daemon asks.
+    pub fn with_secrets(mut self, specs: Vec<SecretSpec>) -> Session {
+        self.secrets = secrets::SecretStore::new(specs);
+        self
+    }
+
+    /// Forwards these SSH agents (by id) to the build; none by default. The session keeps them (and the agents
+    /// buildopt started for key files) until its last clone is dropped.
+    pub fn with_ssh(mut self, agents: SshAgents) -> Session {
+        self.ssh = Arc::new(agents);
+        self
+    }
+
+    /// The secrets the daemon asked for and did not get, and where buildopt looked.
+    pub fn missing_secrets(&self) -> Vec<MissingSecret> {
+        self.secrets.missing()
     }
 
     /// What the session's file sync sent so far, one record per DiffCopy call, in the order they started.
@@ -182,6 +210,21 @@ impl Session {
                     stores: self.stores.clone(),
                 },
             )
+            .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            proto::moby::buildkit::secrets::v1::secrets_server::SecretsServer::new(
+                secrets::SecretsService {
+                    store: self.secrets.clone(),
+                },
+            )
+            .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            proto::moby::sshforward::v1::ssh_server::SshServer::new(ssh::SshService {
+                agents: self.ssh.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
         );
         let service = TowerToHyperService::new(routes);
@@ -540,6 +583,183 @@ mod pipe_tests {
             err.code(),
             tonic::Code::Unimplemented,
             "the daemon falls back to Credentials only on UNIMPLEMENTED"
+        );
+    }
+
+    #[tokio::test]
+    async fn secrets_come_from_files_and_variables_and_misses_say_where_buildopt_looked() {
+        use crate::proto::moby::buildkit::secrets::v1::{
+            GetSecretRequest, secrets_client::SecretsClient,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("tok"), "s3cret\n").unwrap();
+        std::fs::create_dir(root.join("adir")).unwrap();
+        std::fs::write(root.join("big"), vec![b'x'; 500 * 1024 + 1]).unwrap();
+        let unset = "BUILDOPT_TEST_NEVER_SET_7F3A";
+        assert!(std::env::var_os(unset).is_none());
+        let specs = [
+            "id=file,src=tok".to_owned(),
+            "id=env,env=PATH".to_owned(),
+            "id=tok".to_owned(),
+            format!("id=unset,env={unset}"),
+            "id=gone,src=nope".to_owned(),
+            "id=adir,src=adir".to_owned(),
+            "id=big,src=big".to_owned(),
+        ]
+        .iter()
+        .map(|s| SecretSpec::parse(s, root).unwrap())
+        .collect();
+        let served = session(root).with_secrets(specs);
+        let (channel, _serve) = connect(served.clone()).await;
+        let mut client = SecretsClient::new(channel);
+        let mut get = async |id: &str| {
+            client
+                .get_secret(GetSecretRequest {
+                    id: id.to_owned(),
+                    annotations: Default::default(),
+                })
+                .await
+                .map(|r| r.into_inner().data)
+        };
+        assert_eq!(get("file").await.unwrap(), b"s3cret\n");
+        assert_eq!(
+            get("env").await.unwrap(),
+            std::env::var("PATH").unwrap().into_bytes()
+        );
+        // Only an id: the file of that name, as no variable `tok` is set.
+        assert_eq!(get("tok").await.unwrap(), b"s3cret\n");
+        for id in ["unset", "gone", "never-configured"] {
+            let err = get(id).await.unwrap_err();
+            assert_eq!(
+                err.code(),
+                tonic::Code::NotFound,
+                "{id}: the daemon reads only NOT_FOUND as missing"
+            );
+        }
+        // There but unreadable: an error the daemon shows, naming the file and never holding its bytes.
+        let err = get("adir").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            err.message(),
+            format!(
+                "secret `adir`: cannot read {}: it is a directory",
+                root.join("adir").display()
+            )
+        );
+        let err = get("big").await.unwrap_err();
+        assert_eq!(
+            err.message(),
+            format!(
+                "secret `big`: {} is 512001 bytes; a secret may have at most 500 KiB (as with buildx)",
+                root.join("big").display()
+            )
+        );
+        let missing: Vec<String> = served
+            .missing_secrets()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                format!("secret `unset`: environment variable `{unset}` (from `id=unset,env={unset}`) is not set"),
+                format!(
+                    "secret `gone`: file {} (from `id=gone,src={}`) does not exist",
+                    root.join("nope").display(),
+                    root.join("nope").display()
+                ),
+                "secret `never-configured`: no `--secret` or `secrets` entry has this id; give it with `--secret id=never-configured,src=PATH` or `--secret id=never-configured,env=VAR`".to_owned(),
+            ]
+        );
+    }
+
+    /// A real OpenSSH agent, started by the session for a key file, answers through ForwardAgent.
+    #[tokio::test]
+    async fn ssh_relays_each_connection_to_the_agent_holding_the_key_file() {
+        use crate::config::mounts::SshSpec;
+        use crate::proto::moby::sshforward::v1::{
+            BytesMessage, CheckAgentRequest, ssh_client::SshClient,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id_test");
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "unit-test", "-f"])
+            .arg(&key)
+            .status()
+            .expect("ssh-keygen (openssh-client; hack/test installs it)");
+        assert!(made.success());
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let blob = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            public.split_whitespace().nth(1).unwrap(),
+        )
+        .unwrap();
+
+        let agents = SshAgents::prepare(&[SshSpec::parse("deploy=id_test", dir.path()).unwrap()])
+            .await
+            .unwrap();
+        let agent_dir = agents.sockets["deploy"].parent().unwrap().to_owned();
+        assert!(agent_dir.is_dir());
+        let served = session(dir.path()).with_ssh(agents);
+        let (channel, serve) = connect(served.clone()).await;
+        let mut client = SshClient::new(channel);
+        client
+            .check_agent(CheckAgentRequest {
+                id: "deploy".into(),
+            })
+            .await
+            .unwrap();
+        // An empty id is `default`, which this session does not have.
+        let err = client
+            .check_agent(CheckAgentRequest { id: String::new() })
+            .await
+            .unwrap_err();
+        assert!(
+            err.message()
+                .starts_with("no SSH agent `default` was given to buildopt"),
+            "{err}"
+        );
+
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        req.metadata_mut()
+            .insert(ssh::SSH_ID_HEADER, "deploy".parse().unwrap());
+        let mut stream = client.forward_agent(req).await.unwrap().into_inner();
+        // SSH_AGENTC_REQUEST_IDENTITIES, sent in two messages: the stream is bytes, not agent messages.
+        for part in [&[0u8, 0, 0][..], &[1, 11]] {
+            tx.send(BytesMessage {
+                data: part.to_vec(),
+            })
+            .await
+            .unwrap();
+        }
+        let mut answer = Vec::new();
+        while answer.len() < 4
+            || answer.len() < 4 + u32::from_be_bytes(answer[..4].try_into().unwrap()) as usize
+        {
+            answer.extend(stream.message().await.unwrap().expect("more bytes").data);
+        }
+        // SSH_AGENT_IDENTITIES_ANSWER, one key: its blob, then its comment.
+        let mut want = vec![12, 0, 0, 0, 1];
+        want.extend((blob.len() as u32).to_be_bytes());
+        want.extend(&blob);
+        want.extend(9u32.to_be_bytes());
+        want.extend(b"unit-test");
+        assert_eq!(&answer[4..], &want[..]);
+        // The daemon closes its side: the agent closes the connection, and the call ends OK.
+        drop(tx);
+        assert!(stream.message().await.unwrap().is_none());
+
+        // The agent buildopt started goes with the session.
+        serve.abort();
+        let _ = serve.await;
+        drop(client);
+        drop(served);
+        assert!(
+            !agent_dir.exists(),
+            "{} is left behind",
+            agent_dir.display()
         );
     }
 }

@@ -4,22 +4,7 @@ use crate::common::{Services, Tree, daemon_lock, summary};
 
 /// Every path in every layer of `repo:tag` (a single-platform image manifest).
 fn files(s: &Services, repo: &str, tag: &str) -> Vec<String> {
-    let m = s.manifest(repo, tag).expect("manifest");
-    let m = if m["manifests"].is_array() {
-        // An index (attestations): the image manifest is the one with a real platform.
-        let child = m["manifests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["platform"]["os"] != "unknown")
-            .expect("an image manifest")["digest"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        s.manifest(repo, &child).unwrap()
-    } else {
-        m
-    };
+    let m = s.image_manifest(repo, tag);
     let mut out: Vec<String> = m["layers"]
         .as_array()
         .unwrap()

@@ -17,6 +17,8 @@ mod context;
 mod differential;
 /// What changed, said on any runner: the input manifest stored beside each image in the registry.
 mod explain;
+/// Build secrets and SSH agent forwarding, on both daemons: values reach the steps and nothing else.
+mod features;
 /// A fleet of builders: placement over both daemons, an unreachable builder, a daemon lost mid-build, per-builder TLS.
 mod fleet;
 /// Input digest stability and sensitivity, and the local index.

@@ -213,6 +213,25 @@ impl Services {
         }
     }
 
+    /// The image manifest of `repo:tag`: the manifest itself, or of an index (attestations) the child with a real
+    /// platform.
+    pub fn image_manifest(&self, repo: &str, tag: &str) -> serde_json::Value {
+        let m = self
+            .manifest(repo, tag)
+            .unwrap_or_else(|| panic!("no manifest {repo}:{tag}"));
+        let Some(children) = m["manifests"].as_array() else {
+            return m;
+        };
+        let child = children
+            .iter()
+            .find(|d| d["platform"]["os"] != "unknown")
+            .expect("an image manifest")["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        self.manifest(repo, &child).unwrap()
+    }
+
     /// `tar -tv` of a gzip layer blob: one line per entry, `mode path[ -> target]`, sorted by path.
     pub fn layer_listing(&self, repo: &str, digest: &str) -> Vec<String> {
         let (code, _, body) = self.registry_get(&format!("/v2/{repo}/blobs/{digest}"), "*/*");
