@@ -148,6 +148,23 @@ struct ServiceToml {
     secrets: Vec<Spanned<String>>,
     #[serde(default)]
     ssh: Vec<Spanned<String>>,
+    deploy: Option<Spanned<DeployToml>>,
+}
+
+/// `[services.X.deploy]`: where the image runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployToml {
+    ecs: Option<EcsToml>,
+}
+
+/// `[services.X.deploy.ecs]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EcsToml {
+    cluster: Spanned<String>,
+    service: Spanned<String>,
+    container: Option<Spanned<String>>,
 }
 
 /// `attest = { provenance = "mode=max" | true | false, sbom = true | false | "generator=IMAGE" }`.
@@ -246,6 +263,17 @@ pub struct Registry {
     pub ecr_region: Option<String>,
 }
 
+/// `[services.X.deploy.ecs]`: the ECS service that runs a service's image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcsDeploy {
+    /// The cluster (name or ARN).
+    pub cluster: String,
+    /// The ECS service (name or ARN).
+    pub service: String,
+    /// The container of the task definition whose image is replaced (default: the buildopt service's name).
+    pub container: String,
+}
+
 impl Registry {
     /// The host part (`host[:port]`) of the URL.
     pub fn host(&self) -> &str {
@@ -323,6 +351,8 @@ pub struct Service {
     pub secrets: Vec<SecretSpec>,
     /// SSH agents its build may forward (`RUN --mount=type=ssh`), by id. Not an input.
     pub ssh: Vec<SshSpec>,
+    /// Where the image is deployed (`[services.X.deploy.ecs]`), if anywhere.
+    pub deploy: Option<EcsDeploy>,
 }
 
 /// What a named build context is.
@@ -807,6 +837,10 @@ impl Workspace {
                 SecretSpec::parse(s, root)
             })?;
             let ssh = by_id(svc.ssh, &key("ssh"), &at, |s| SshSpec::parse(s, root))?;
+            let deploy = match svc.deploy {
+                None => None,
+                Some(d) => Some(ecs_deploy(d, &name, &at)?),
+            };
             services.push((
                 Service {
                     name,
@@ -829,6 +863,7 @@ impl Workspace {
                     outputs,
                     secrets,
                     ssh,
+                    deploy,
                 },
                 edges,
             ));
@@ -956,6 +991,43 @@ impl Workspace {
             .filter(|s| wanted.contains(&s.name.as_str()))
             .collect())
     }
+}
+
+/// `[services.NAME.deploy]`, checked: an `ecs` table with a cluster and a service, names without spaces.
+fn ecs_deploy(
+    deploy: Spanned<DeployToml>,
+    name: &str,
+    at: &Locator<'_>,
+) -> Result<EcsDeploy, ConfigError> {
+    let span = deploy.span();
+    let Some(ecs) = deploy.into_inner().ecs else {
+        return Err(at.err(
+            span,
+            format!(
+                "`services.{name}.deploy` says nowhere to deploy: add [services.{name}.deploy.ecs] with `cluster` and `service`"
+            ),
+        ));
+    };
+    let check = |value: Spanned<String>, key: &str| -> Result<String, ConfigError> {
+        let v = value.get_ref();
+        if v.is_empty() || v.chars().any(char::is_whitespace) {
+            return Err(at.err(
+                value.span(),
+                format!(
+                    "`services.{name}.deploy.ecs.{key}`: `{v}` is not an ECS {key} name or ARN (empty, or with spaces)"
+                ),
+            ));
+        }
+        Ok(value.into_inner())
+    };
+    Ok(EcsDeploy {
+        cluster: check(ecs.cluster, "cluster")?,
+        service: check(ecs.service, "service")?,
+        container: match ecs.container {
+            Some(c) => check(c, "container")?,
+            None => name.to_owned(),
+        },
+    })
 }
 
 struct Locator<'a> {
