@@ -586,7 +586,7 @@ fn show_duration(d: Duration) -> String {
 }
 
 /// `48h`, `90m`, `7d`, `1h30m`, `1.5h`, `45s`, `2w`; `0` alone.
-fn parse_duration(s: &str) -> Option<Duration> {
+pub(super) fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s == "0" {
         return Some(Duration::ZERO);

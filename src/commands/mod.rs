@@ -2,6 +2,7 @@
 
 mod build;
 mod daemon;
+mod deploy;
 mod hash;
 mod plan;
 
@@ -133,8 +134,10 @@ pub fn run(cli: Cli, printer: Printer) -> Result<ExitStatus, Error> {
             let mut ws = load_workspace(config, sets)?;
             ws.add_tags(&args.tags)?;
             ws.add_mounts(&args.secrets, &args.ssh, &std::env::current_dir()?)?;
+            deploy::check_build(&ws, args)?;
             build::run(&ws, args, printer, cli.global.progress)
         }
+        Command::Deploy(args) => deploy::run(&load_workspace(config, sets)?, args, printer),
         // The daemon commands work without a config; one is used for `[buildkit] addr` when present.
         Command::Doctor(args) => block_on(daemon::doctor(
             args,
@@ -217,14 +220,18 @@ pub(crate) fn own_path(path: &Path) -> PathBuf {
 
 /// The selected services (plus their dependencies) or a usage error naming the unknown one.
 fn select<'a>(ws: &'a Workspace, names: &[String]) -> Result<Vec<&'a Service>, Error> {
-    ws.select(names).map_err(|unknown| {
-        let known: Vec<&str> = ws.services.iter().map(|s| s.name.as_str()).collect();
-        Error::usage(format!(
-            "no service `{unknown}` in {}; known services: {}",
-            ws.config_path.display(),
-            known.join(", ")
-        ))
-    })
+    ws.select(names)
+        .map_err(|unknown| unknown_service(ws, &unknown))
+}
+
+/// The usage error for a service name the config does not have.
+fn unknown_service(ws: &Workspace, name: &str) -> Error {
+    let known: Vec<&str> = ws.services.iter().map(|s| s.name.as_str()).collect();
+    Error::usage(format!(
+        "no service `{name}` in {}; known services: {}",
+        ws.config_path.display(),
+        known.join(", ")
+    ))
 }
 
 /// Hashes `services` (dependencies first) with the workspace's content index, saving the index afterwards.
@@ -332,5 +339,40 @@ async fn registry_setup(
     Ok(RegistrySetup {
         keychain,
         verifier: Verifier::new(client),
+    })
+}
+
+/// The `[registry]` of a command that needs one, or a usage error naming the command.
+fn need_registry<'a>(ws: &'a Workspace, command: &str) -> Result<&'a Registry, Error> {
+    ws.registry.as_ref().ok_or_else(|| {
+        Error::usage(format!(
+            "{}: `buildopt {command}` needs a [registry] with a `url`",
+            ws.config_path.display()
+        ))
+    })
+}
+
+/// The named services (all when none is named), without their dependencies, or a usage error naming an unknown
+/// one.
+fn named<'a>(ws: &'a Workspace, names: &[String]) -> Result<Vec<&'a Service>, Error> {
+    if names.is_empty() {
+        return Ok(ws.services.iter().collect());
+    }
+    let mut out: Vec<&Service> = Vec::new();
+    for n in names {
+        let svc = ws.service(n).ok_or_else(|| unknown_service(ws, n))?;
+        if !out.iter().any(|s| s.name == svc.name) {
+            out.push(svc);
+        }
+    }
+    Ok(out)
+}
+
+/// A duration flag (`10m`, `1h30m`, `7d`), or a usage error naming the flag.
+fn duration_flag(flag: &str, value: &str) -> Result<std::time::Duration, Error> {
+    daemon::parse_duration(value).ok_or_else(|| {
+        Error::usage(format!(
+            "{flag} {value}: not a duration; write it like 90s, 10m, 1h30m, 7d"
+        ))
     })
 }

@@ -32,9 +32,7 @@ pub enum EcrError {
     )]
     MissingRepository(String),
     /// The AWS SDK found no credentials anywhere in its default chain.
-    #[error(
-        "ECR {operation}: no AWS credentials found (looked in the environment, the shared config and credentials files, SSO, web identity, ECS and EC2 instance metadata); set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run `aws sso login`"
-    )]
+    #[error("ECR {operation}: {}", crate::aws::NO_CREDENTIALS_HINT)]
     NoCredentials {
         /// The operation that needed them.
         operation: &'static str,
@@ -92,54 +90,32 @@ pub fn region_of_host(host: &str) -> Option<String> {
 }
 
 impl AwsEcr {
-    /// A client for `region` (else the environment's), at `endpoint` when given (emulators, tests).
+    /// A client for `region` (else the SDK's settings'), at `endpoint` when given (emulators, tests); without it,
+    /// the SDK's standard settings say where ECR is (`AWS_ENDPOINT_URL_ECR`, `AWS_ENDPOINT_URL`, the profile's
+    /// `endpoint_url`), else AWS.
     pub async fn new(region: Option<String>, endpoint: Option<String>) -> AwsEcr {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(r) = region {
-            loader = loader.region(aws_config::Region::new(r));
-        }
-        if let Some(e) = endpoint {
-            loader = loader.endpoint_url(e);
-        }
+        let region = match region {
+            Some(r) => crate::aws::RegionSource::Fixed(r),
+            None => crate::aws::RegionSource::Default { fallback: None },
+        };
         AwsEcr {
-            client: aws_sdk_ecr::Client::new(&loader.load().await),
+            client: aws_sdk_ecr::Client::new(&crate::aws::sdk_config(region, endpoint).await),
         }
     }
 }
 
-/// One line for an SDK failure: the service's own error code and message when it answered, otherwise the
-/// distinct messages of the cause chain (never a `Debug` dump), and a missing credential chain as its own error.
+/// One line for an SDK failure (see [`crate::aws::failure`]), and a missing credential chain as its own error.
 fn api_error<E, R>(operation: &'static str, e: aws_sdk_ecr::error::SdkError<E, R>) -> EcrError
 where
     E: aws_sdk_ecr::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug + 'static,
 {
-    if let Some(service) = e.as_service_error() {
-        return EcrError::Api {
-            operation,
-            message: match (service.code(), service.message()) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                (Some(code), None) => code.to_owned(),
-                _ => service.to_string(),
-            },
-        };
-    }
-    let mut parts: Vec<String> = Vec::new();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
+    match crate::aws::failure(&e) {
+        crate::aws::Failure::NoCredentials => EcrError::NoCredentials { operation },
+        crate::aws::Failure::Service(message) | crate::aws::Failure::Other(message) => {
+            EcrError::Api { operation, message }
         }
-        cause = c.source();
     }
-    let message = parts.join(": ");
-    // The service never answered, and the reason was the credential chain (a rejected credential is a service
-    // error, answered above).
-    if message.contains("credentials") {
-        return EcrError::NoCredentials { operation };
-    }
-    EcrError::Api { operation, message }
 }
 
 #[tonic::async_trait]

@@ -1,0 +1,449 @@
+//! Deploying what changed, against the real components: ECS through moto (the tests create the clusters, task
+//! definitions and services) and builds through the real BuildKit.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::common::{Services, Tree, daemon_lock, summary, unique_repo};
+
+/// A name no other test uses, for clusters, services and task definition families.
+fn unique(what: &str) -> String {
+    unique_repo(what).replace('/', "-")
+}
+
+/// One JSON call to moto (`service` is `ecs` or `ecr`); panics with moto's answer when it is not a 200.
+fn moto(service: &str, operation: &str, body: Value) -> Value {
+    let target = match service {
+        "ecs" => "AmazonEC2ContainerServiceV20141113",
+        "ecr" => "AmazonEC2ContainerRegistry_V20150921",
+        other => panic!("no target prefix for {other}"),
+    };
+    let out = Command::new("curl")
+        .args(["-sS", "-X", "POST", "-w", "\n%{http_code}"])
+        .args(["-H", &format!("X-Amz-Target: {target}.{operation}")])
+        .args(["-H", "Content-Type: application/x-amz-json-1.1"])
+        .args(["-H", &format!("Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-west-2/{service}/aws4_request, SignedHeaders=host, Signature=0")])
+        .args(["-d", &body.to_string()])
+        .arg(format!("{}/", Services::get().moto()))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, code) = text.rsplit_once('\n').expect("status line");
+    assert_eq!(code, "200", "moto {service} {operation}: {json}");
+    serde_json::from_str(json).unwrap_or(Value::Null)
+}
+
+/// An ECS cluster with a service running task definition `family:1`, whose containers are `app` (the one deployed)
+/// and `sidecar`, with tags, environment and memory that a deploy must copy. Returns (cluster, service, family).
+fn ecs_service(desired: u32) -> (String, String, String) {
+    let (cluster, service, family) = (unique("c"), unique("s"), unique("f"));
+    moto("ecs", "CreateCluster", json!({ "clusterName": cluster }));
+    moto(
+        "ecs",
+        "RegisterTaskDefinition",
+        json!({
+            "family": family,
+            "containerDefinitions": [
+                { "name": "app", "image": "placeholder:1", "memory": 64,
+                  "environment": [{ "name": "MODE", "value": "prod" }] },
+                { "name": "sidecar", "image": "envoy:1.30", "memory": 32 },
+            ],
+            "cpu": "256",
+            "memory": "512",
+            "tags": [{ "key": "team", "value": "shop" }],
+        }),
+    );
+    moto(
+        "ecs",
+        "CreateService",
+        json!({ "cluster": cluster, "serviceName": service, "taskDefinition": format!("{family}:1"),
+                "desiredCount": desired }),
+    );
+    (cluster, service, family)
+}
+
+/// The task definition (`family:revision`) the ECS service runs now.
+fn running(cluster: &str, service: &str) -> String {
+    let v = moto(
+        "ecs",
+        "DescribeServices",
+        json!({ "cluster": cluster, "services": [service] }),
+    );
+    let arn = v["services"][0]["taskDefinition"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no service {cluster}/{service}: {v}"));
+    arn.rsplit_once('/').unwrap().1.to_owned()
+}
+
+/// A task definition and its tags.
+fn task_definition(name: &str) -> (Value, Value) {
+    let v = moto(
+        "ecs",
+        "DescribeTaskDefinition",
+        json!({ "taskDefinition": name, "include": ["TAGS"] }),
+    );
+    (v["taskDefinition"].clone(), v["tags"].clone())
+}
+
+/// The image of container `name` in task definition `td`.
+fn image_of(td: &Value, name: &str) -> String {
+    td["containerDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name} in {td}"))["image"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// How many revisions `family` has.
+fn revisions(family: &str) -> usize {
+    let v = moto(
+        "ecs",
+        "ListTaskDefinitions",
+        json!({ "familyPrefix": family }),
+    );
+    v["taskDefinitionArns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a.as_str()
+                .unwrap()
+                .rsplit_once('/')
+                .is_some_and(|(_, n)| n.rsplit_once(':').is_some_and(|(f, _)| f == family))
+        })
+        .count()
+}
+
+/// buildopt in `t` with AWS credentials and region for moto, and the endpoints in `env`; HOME is the tree's, so no
+/// AWS profile or docker config of this machine is seen. Builds hold the daemon lock. Returns (code, stdout,
+/// stderr).
+fn aws_run(t: &Tree, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let _shared = daemon_lock().read().unwrap_or_else(|p| p.into_inner());
+    std::fs::create_dir_all(t.join("home")).unwrap();
+    let mut cmd = t.cmd();
+    cmd.env("HOME", t.join("home"))
+        .env_remove("DOCKER_CONFIG")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for k in [
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_ECS",
+        "AWS_ENDPOINT_URL_ECR",
+        "AWS_SESSION_TOKEN",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-west-2");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .arg("--progress")
+        .arg("plain")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `[services.NAME.deploy.ecs]` for the end of `buildopt.toml`.
+fn deploy_table(name: &str, cluster: &str, service: &str) -> String {
+    format!(
+        "\n[services.{name}.deploy.ecs]\ncluster = \"{cluster}\"\nservice = \"{service}\"\ncontainer = \"app\"\n"
+    )
+}
+
+/// `build --deploy` registers a revision whose `app` image is `REPO@DIGEST` of what `latest` points to, with
+/// everything else copied; a run that changes nothing deploys nothing; without `--deploy` the summary says what
+/// would be deployed and how, and `buildopt deploy` does it; a promotion back to an older image deploys that.
+#[test]
+fn build_deploy_pins_the_new_image_and_a_no_change_run_deploys_nothing() {
+    let s = Services::get();
+    let (cluster, service, family) = ecs_service(0);
+    let (t, repos) = Tree::workspace(&[("app", &[])]);
+    let repo = &repos[0];
+    t.append("buildopt.toml", &deploy_table("app", &cluster, &service));
+    let t = t
+        .file("app/Dockerfile", "FROM scratch\nCOPY f /f\n")
+        .file("app/f", "one");
+    // The ECS endpoint from the SDK's service-specific setting.
+    let env = [("AWS_ENDPOINT_URL_ECS", s.moto())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let (code, _, err) = aws_run(&t, &env, &["build", "--deploy"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        summary(&err),
+        crate::common::pairs(&[("built", "app")]),
+        "{err}"
+    );
+    let first = s.manifest_digest(repo, "latest");
+    assert_eq!(running(&cluster, &service), format!("{family}:2"), "{err}");
+    let (td, tags) = task_definition(&format!("{family}:2"));
+    assert_eq!(
+        image_of(&td, "app"),
+        format!("{}/{repo}@{first}", s.registry)
+    );
+    assert!(
+        err.contains(&format!(
+            "deployed  app  ECS {cluster}/{service}: task definition {family}:2 (was {family}:1)"
+        )),
+        "{err}"
+    );
+    // Everything but that image is copied.
+    let (old, old_tags) = task_definition(&format!("{family}:1"));
+    assert_eq!(image_of(&td, "sidecar"), "envoy:1.30");
+    assert_eq!(
+        td["containerDefinitions"][0]["environment"],
+        old["containerDefinitions"][0]["environment"]
+    );
+    assert_eq!((&td["cpu"], &td["memory"]), (&old["cpu"], &old["memory"]));
+    assert_eq!(tags, old_tags);
+    assert_eq!(tags, json!([{ "key": "team", "value": "shop" }]));
+
+    // Nothing changed: nothing is deployed, no revision registered.
+    let (code, _, err) = aws_run(&t, &env, &["build", "--deploy"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        summary(&err),
+        crate::common::pairs(&[("skipped", "app")]),
+        "{err}"
+    );
+    assert!(
+        err.contains("nothing to deploy: no image changed in this run"),
+        "{err}"
+    );
+    assert_eq!(revisions(&family), 2);
+    assert_eq!(running(&cluster, &service), format!("{family}:2"));
+
+    // A change built without --deploy: the summary names the service and the command, and nothing is deployed.
+    std::fs::write(t.join("app/f"), "two").unwrap();
+    let (code, _, err) = aws_run(&t, &env, &["build"]);
+    assert_eq!(code, 0, "{err}");
+    let second = s.manifest_digest(repo, "latest");
+    assert_ne!(first, second);
+    assert!(
+        err.contains(&format!(
+            "would deploy app  to ECS {cluster}/{service}: {}/{repo}@{second}",
+            s.registry
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("deploy them with: buildopt deploy app"),
+        "{err}"
+    );
+    assert_eq!(revisions(&family), 2);
+
+    // `buildopt deploy` deploys what `latest` points to now; again, it finds it in place.
+    let (code, out, err) = aws_run(&t, &env, &["deploy"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        running(&cluster, &service),
+        format!("{family}:3"),
+        "{out}{err}"
+    );
+    let (td, _) = task_definition(&format!("{family}:3"));
+    assert_eq!(
+        image_of(&td, "app"),
+        format!("{}/{repo}@{second}", s.registry)
+    );
+    let (code, out, err) = aws_run(&t, &env, &["deploy", "app"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("unchanged app  ECS"), "{out}");
+    assert_eq!(revisions(&family), 3);
+
+    // Back to the first inputs: a promotion to another image, which deploys.
+    std::fs::write(t.join("app/f"), "one").unwrap();
+    let (code, _, err) = aws_run(&t, &env, &["build", "--deploy"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        summary(&err),
+        crate::common::pairs(&[("promoted", "app")]),
+        "{err}"
+    );
+    assert_eq!(running(&cluster, &service), format!("{family}:4"), "{err}");
+    let (td, _) = task_definition(&format!("{family}:4"));
+    assert_eq!(
+        image_of(&td, "app"),
+        format!("{}/{repo}@{first}", s.registry)
+    );
+}
+
+/// Of two services built and deployed in one run, the one whose ECS service does not exist fails with the cluster,
+/// the service and ECS's error, the run exits 1, and the other is deployed all the same.
+#[test]
+fn a_failed_deploy_leaves_the_other_services_deployed() {
+    let s = Services::get();
+    let (cluster, service, family) = ecs_service(0);
+    let missing = unique("missing");
+    let (t, repos) = Tree::workspace(&[("good", &[]), ("bad", &[])]);
+    let toml = std::fs::read_to_string(t.join("buildopt.toml")).unwrap();
+    // Each service's deploy table right after its own table.
+    let toml = toml.replace(
+        "[services.bad]",
+        &format!(
+            "{}\n[services.bad]",
+            deploy_table("good", &cluster, &service)
+        ),
+    ) + &deploy_table("bad", &cluster, &missing);
+    let t = t
+        .file("buildopt.toml", toml)
+        .file("good/Dockerfile", "FROM scratch\nCOPY f /f\n")
+        .file("good/f", "good")
+        .file("bad/Dockerfile", "FROM scratch\nCOPY f /f\n")
+        .file("bad/f", "bad");
+    let (code, _, err) = aws_run(
+        &t,
+        &[("AWS_ENDPOINT_URL", &s.moto())],
+        &["build", "--deploy"],
+    );
+    assert_eq!(code, 1, "{err}");
+    let mut built = summary(&err);
+    built.sort();
+    assert_eq!(
+        built,
+        crate::common::pairs(&[("built", "bad"), ("built", "good")]),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "error: deploying `bad` to ECS cluster `{cluster}`, service `{missing}` failed: ECS DescribeServices found no such service in the cluster (MISSING)"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("retry the failed ones with: buildopt deploy bad"),
+        "{err}"
+    );
+    // The good one is deployed.
+    assert_eq!(running(&cluster, &service), format!("{family}:2"), "{err}");
+    let (td, _) = task_definition(&format!("{family}:2"));
+    assert_eq!(
+        image_of(&td, "app"),
+        format!(
+            "{}/{}@{}",
+            s.registry,
+            repos[0],
+            s.manifest_digest(&repos[0], "latest")
+        )
+    );
+}
+
+/// `deploy --wait` follows the service until it is stable: a service of 0 tasks is stable at once; moto never
+/// starts tasks, so a service of 1 task never is, and the wait ends at its timeout with a failure that says where
+/// the service stands.
+#[test]
+fn deploy_wait_follows_the_service_and_times_out() {
+    let s = Services::get();
+    let (cluster, idle, family) = ecs_service(0);
+    let (t, _) = Tree::workspace(&[("app", &[])]);
+    t.append("buildopt.toml", &deploy_table("app", &cluster, &idle));
+    let t = t
+        .file("app/Dockerfile", "FROM scratch\nCOPY f /f\n")
+        .file("app/f", "wait");
+    let env = [("AWS_ENDPOINT_URL", s.moto())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, err) = aws_run(&t, &env, &["build"]);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = aws_run(&t, &env, &["deploy", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("; stable: 1 deployment, 0/0 tasks running"),
+        "{out}"
+    );
+    assert_eq!(running(&cluster, &idle), format!("{family}:2"));
+
+    // The same task definition family, on a service that wants one task.
+    let busy = unique("busy");
+    moto(
+        "ecs",
+        "CreateService",
+        json!({ "cluster": cluster, "serviceName": busy, "taskDefinition": format!("{family}:1"),
+                "desiredCount": 1 }),
+    );
+    t.replace(
+        "buildopt.toml",
+        &format!("service = \"{idle}\""),
+        &format!("service = \"{busy}\""),
+    );
+    let (code, _, err) = aws_run(&t, &env, &["deploy", "--wait", "--timeout", "2s"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "waiting   app  ECS {cluster}/{busy}: 1 deployment, 0/1 tasks running"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "failed: not stable after 2s (1 deployment, 0/1 tasks running); ECS goes on deploying"
+        ),
+        "{err}"
+    );
+    // The update itself happened (a third revision of the family: the second is the idle service's).
+    assert_eq!(running(&cluster, &busy), format!("{family}:3"));
+}
+
+/// Bad deploy settings are refused before anything is built or called, naming the file and line.
+#[test]
+fn deploy_settings_are_checked() {
+    let t = Tree::new()
+        .file(
+            "buildopt.toml",
+            "[registry]\nurl = \"127.0.0.1:5000\"\ninsecure = true\n\n[services.app]\ncontext = \"app\"\n\n[services.app.deploy]\n",
+        )
+        .file("app/Dockerfile", "FROM scratch\n");
+    let (code, _, err) = t.run(&["plan", "--local"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("buildopt.toml:8: `services.app.deploy` says nowhere to deploy: add [services.app.deploy.ecs] with `cluster` and `service`"),
+        "{err}"
+    );
+
+    t.replace(
+        "buildopt.toml",
+        "[services.app.deploy]\n",
+        "[services.app.deploy.ecs]\ncluster = \"prod\"\n",
+    );
+    let (code, _, err) = t.run(&["plan", "--local"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("missing field `service`"), "{err}");
+
+    t.replace(
+        "buildopt.toml",
+        "cluster = \"prod\"\n",
+        "cluster = \"prod\"\nservice = \"my service\"\n",
+    );
+    let (code, _, err) = t.run(&["plan", "--local"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("buildopt.toml:10: `services.app.deploy.ecs.service`: `my service` is not an ECS service name or ARN"), "{err}");
+
+    // --deploy with no service that says where to deploy: exit 2 before anything is built.
+    let t = Tree::new().app();
+    let (code, _, err) = t.run(&["build", "--deploy"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--deploy: no selected service (app) has a [services.NAME.deploy.ecs] table"),
+        "{err}"
+    );
+    let (code, _, err) = t.run(&["build", "--deploy", "--no-push"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = t.run(&["deploy"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no service in"), "{err}");
+}
