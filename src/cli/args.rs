@@ -78,6 +78,9 @@ pub enum Command {
     is deployed on its own: one failing leaves the others alone."
     )]
     Deploy(DeployArgs),
+    /// Remove old content tags (`bo-...`) from the registry, keeping the newest N per repository and every image
+    /// another tag points to.
+    Gc(GcArgs),
 }
 
 /// Where BuildKit is and how to reach it.
@@ -272,6 +275,26 @@ pub struct DeployArgs {
     #[arg(long, value_name = "DURATION", requires = "wait")]
     pub timeout: Option<String>,
     /// Say what would be deployed, and deploy nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL, the
+    /// profile's, AWS's].
+    #[arg(long, value_name = "URL")]
+    pub ecr_endpoint: Option<String>,
+}
+
+/// `buildopt gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Services whose repositories to clean [default: all].
+    pub services: Vec<String>,
+    /// Content tags to keep per repository, newest first (by the image's creation time; on ECR by push time).
+    #[arg(long, value_name = "N")]
+    pub keep: usize,
+    /// Remove only content tags whose image is older than this (e.g. 30d, 12h); images of unknown age stay.
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: Option<String>,
+    /// List what would be removed, and remove nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL, the

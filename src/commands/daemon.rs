@@ -562,7 +562,7 @@ fn cut(text: &str, room: Option<usize>) -> std::borrow::Cow<'_, str> {
 }
 
 /// How long ago `t` was, in its largest unit (`35s`, `12m`, `5h`, `3d`); `-` when never.
-fn ago(now: SystemTime, t: Option<SystemTime>) -> String {
+pub(super) fn ago(now: SystemTime, t: Option<SystemTime>) -> String {
     let Some(t) = t else { return "-".to_owned() };
     let secs = now.duration_since(t).unwrap_or_default().as_secs();
     match secs {

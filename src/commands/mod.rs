@@ -3,6 +3,7 @@
 mod build;
 mod daemon;
 mod deploy;
+mod gc;
 mod hash;
 mod plan;
 
@@ -138,6 +139,7 @@ pub fn run(cli: Cli, printer: Printer) -> Result<ExitStatus, Error> {
             build::run(&ws, args, printer, cli.global.progress)
         }
         Command::Deploy(args) => deploy::run(&load_workspace(config, sets)?, args, printer),
+        Command::Gc(args) => gc::run(&load_workspace(config, sets)?, args, printer),
         // The daemon commands work without a config; one is used for `[buildkit] addr` when present.
         Command::Doctor(args) => block_on(daemon::doctor(
             args,
@@ -281,15 +283,12 @@ async fn registry_setup(
 ) -> Result<RegistrySetup, Error> {
     use std::io::Write;
 
-    use crate::registry::ecr::{AwsEcr, EcrApi, EcrKeychain, RepositoryState, region_of_host};
+    use crate::registry::ecr::{EcrApi, EcrKeychain, RepositoryState};
 
     let mut chain: Vec<Box<dyn Keychain>> = Vec::new();
     if registry.is_ecr() {
-        let region = region_of_host(registry.host()).or_else(|| registry.ecr_region.clone());
-        let endpoint = ecr_endpoint
-            .map(str::to_owned)
-            .or_else(|| registry.ecr_endpoint.clone());
-        let api: Arc<dyn EcrApi> = Arc::new(AwsEcr::new(region, endpoint).await);
+        let aws = aws_ecr(registry, ecr_endpoint).await;
+        let api: Arc<dyn EcrApi> = Arc::new(aws);
         if ensure_repositories {
             let checks = services.iter().map(|s| {
                 let api = api.clone();
@@ -340,6 +339,21 @@ async fn registry_setup(
         keychain,
         verifier: Verifier::new(client),
     })
+}
+
+/// The ECR API client of `registry`: its region from the host (else `ecr_region`, else the SDK's settings), its
+/// endpoint from `--ecr-endpoint`, else `[registry] ecr_endpoint`, else the SDK's settings (`AWS_ENDPOINT_URL_ECR`,
+/// `AWS_ENDPOINT_URL`, the profile).
+pub(crate) async fn aws_ecr(
+    registry: &Registry,
+    ecr_endpoint: Option<&str>,
+) -> crate::registry::ecr::AwsEcr {
+    use crate::registry::ecr::{AwsEcr, region_of_host};
+    let region = region_of_host(registry.host()).or_else(|| registry.ecr_region.clone());
+    let endpoint = ecr_endpoint
+        .map(str::to_owned)
+        .or_else(|| registry.ecr_endpoint.clone());
+    AwsEcr::new(region, endpoint).await
 }
 
 /// The `[registry]` of a command that needs one, or a usage error naming the command.

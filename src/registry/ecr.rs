@@ -118,6 +118,103 @@ where
     }
 }
 
+/// One image of a repository, as DescribeImages lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EcrImage {
+    /// `sha256:...`.
+    pub(crate) digest: String,
+    /// Its tags.
+    pub(crate) tags: Vec<String>,
+    /// When it was pushed, as ECR says.
+    pub(crate) pushed_at: Option<SystemTime>,
+}
+
+/// BatchDeleteImage takes at most this many image IDs per call.
+const DELETE_BATCH: usize = 100;
+
+/// The calls of `buildopt gc`, on the SDK only: they run against real ECR (or moto),
+/// never a fake.
+impl AwsEcr {
+    /// Every image of `repository`, with its tags and push time (DescribeImages, all pages).
+    pub(crate) async fn images(&self, repository: &str) -> Result<Vec<EcrImage>, EcrError> {
+        let mut images = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .describe_images()
+                .repository_name(repository)
+                .set_next_token(next.take())
+                .max_results(1000)
+                .send()
+                .await
+                .map_err(|e| {
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_repository_not_found_exception())
+                    {
+                        EcrError::MissingRepository(repository.to_owned())
+                    } else {
+                        api_error("DescribeImages", e)
+                    }
+                })?;
+            images.extend(out.image_details().iter().filter_map(|d| {
+                Some(EcrImage {
+                    digest: d.image_digest()?.to_owned(),
+                    tags: d.image_tags().to_vec(),
+                    pushed_at: d
+                        .image_pushed_at()
+                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                })
+            }));
+            match out.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_owned()),
+                _ => return Ok(images),
+            }
+        }
+    }
+
+    /// Removes `tags` from `repository` (BatchDeleteImage by tag: ECR deletes an image only with its last tag).
+    /// Returns the tags it could not remove, each with ECR's reason.
+    pub(crate) async fn delete_tags(
+        &self,
+        repository: &str,
+        tags: &[String],
+    ) -> Result<Vec<(String, String)>, EcrError> {
+        use aws_sdk_ecr::types::ImageIdentifier;
+        let mut failed = Vec::new();
+        for batch in tags.chunks(DELETE_BATCH) {
+            let ids = batch
+                .iter()
+                .map(|t| ImageIdentifier::builder().image_tag(t).build())
+                .collect();
+            let out = self
+                .client
+                .batch_delete_image()
+                .repository_name(repository)
+                .set_image_ids(Some(ids))
+                .send()
+                .await
+                .map_err(|e| api_error("BatchDeleteImage", e))?;
+            for f in out.failures() {
+                let tag = f
+                    .image_id()
+                    .and_then(|i| i.image_tag())
+                    .unwrap_or_default()
+                    .to_owned();
+                let code = f.failure_code().map(|c| c.as_str().to_owned());
+                let reason = match (code, f.failure_reason()) {
+                    (Some(c), Some(r)) => format!("{c}: {r}"),
+                    (Some(c), None) => c,
+                    (None, Some(r)) => r.to_owned(),
+                    (None, None) => "no reason given".to_owned(),
+                };
+                failed.push((tag, reason));
+            }
+        }
+        Ok(failed)
+    }
+}
+
 #[tonic::async_trait]
 impl EcrApi for AwsEcr {
     async fn authorization_token(&self) -> Result<EcrToken, EcrError> {

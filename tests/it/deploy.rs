@@ -1,11 +1,18 @@
-//! Deploying what changed, against the real components: ECS through moto (the tests create the clusters, task
-//! definitions and services) and builds through the real BuildKit.
+//! Deploying what changed and keeping registries clean, against the real components: ECS and ECR through moto (the
+//! tests create the clusters, task definitions, services and repositories), builds through the real BuildKit, and
+//! `gc` on the registry whose deletes are enabled (`BUILDOPT_TEST_DELETE_REGISTRY`, started by hack/services).
 
 use std::process::Command;
 
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
-use crate::common::{Services, Tree, daemon_lock, summary, unique_repo};
+use crate::common::{Services, Tree, daemon_lock, env_or_file, summary, unique_repo};
+
+/// The registry that allows deletes (a third `docker-registry`, so that no other test's images are ever deleted).
+fn delete_registry() -> String {
+    env_or_file("BUILDOPT_TEST_DELETE_REGISTRY")
+}
 
 /// A name no other test uses, for clusters, services and task definition families.
 fn unique(what: &str) -> String {
@@ -446,4 +453,318 @@ fn deploy_settings_are_checked() {
     let (code, _, err) = t.run(&["deploy"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no service in"), "{err}");
+}
+
+/// Uploads `bytes` as a blob of `repo` in `registry`; returns its digest.
+fn push_blob(registry: &str, repo: &str, bytes: &[u8]) -> String {
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "-X", "POST"])
+        .arg(format!("http://{registry}/v2/{repo}/blobs/uploads/"))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&out.stdout);
+    let location = headers
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("location:")
+                .then(|| l.split_once(':').unwrap().1.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no upload location: {headers}"));
+    let sep = if location.contains('?') { '&' } else { '?' };
+    put(
+        &format!("{location}{sep}digest={digest}"),
+        "application/octet-stream",
+        bytes,
+    );
+    digest
+}
+
+/// PUT `body` to `url`, which must answer 201 Created.
+fn put(url: &str, content_type: &str, body: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, body).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+        .args([
+            "-H",
+            &format!("Content-Type: {content_type}"),
+            "--data-binary",
+        ])
+        .arg(format!("@{}", file.display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201", "PUT {url}");
+}
+
+/// Puts `manifest` under `reference` (a tag) of `repo`; returns its digest.
+fn put_manifest(registry: &str, repo: &str, reference: &str, manifest: &[u8]) -> String {
+    put(
+        &format!("http://{registry}/v2/{repo}/manifests/{reference}"),
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest,
+    );
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(manifest)))
+}
+
+/// An image made on `day` of January 2026 (its config's `created`), without layers, in `repo`; returns its manifest.
+fn image_of_day(registry: &str, repo: &str, day: u32) -> Vec<u8> {
+    let config = json!({
+        "created": format!("2026-01-{day:02}T12:00:00Z"),
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": { "type": "layers", "diff_ids": [] },
+    })
+    .to_string();
+    let digest = push_blob(registry, repo, config.as_bytes());
+    json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": config.len() },
+        "layers": [],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A content tag: `bo-` and 64 hex digits made of `seed`.
+fn content_tag(seed: &str) -> String {
+    format!("bo-{}", hex::encode(sha2::Sha256::digest(seed.as_bytes())))
+}
+
+/// What `tag` of `repo` points at in `registry` (None: no such tag).
+fn tag_digest(registry: &str, repo: &str, tag: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-I",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!("http://{registry}/v2/{repo}/manifests/{tag}"))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&out.stdout);
+    if !headers.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    headers.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("docker-content-digest:")
+            .then(|| l.split_once(':').unwrap().1.trim().to_owned())
+    })
+}
+
+/// On a registry that deletes, `gc --keep 1` keeps the newest content tag, the one on the same image, and every
+/// image a requested tag (`latest`), the cache tag or another tag (`v1`) points to; it deletes only the images all
+/// of whose tags are content tags beyond the newest. `--dry-run` deletes nothing; `--older-than` spares the young.
+#[test]
+fn gc_on_a_registry_with_deletes_keeps_the_newest_and_every_tagged_image() {
+    let registry = delete_registry();
+    let repo = unique_repo("gc");
+    let t = Tree::new()
+        .file(
+            "buildopt.toml",
+            format!("[registry]\nurl = \"{registry}\"\ninsecure = true\n\n[services.app]\ncontext = \"app\"\nimage = \"{repo}\"\n"),
+        )
+        .file("app/Dockerfile", "FROM scratch\n");
+    // Day n's image, content-tagged `c<n>`; day 6's image has two content tags.
+    let mut digests = Vec::new();
+    for day in 1..=6 {
+        let manifest = image_of_day(&registry, &repo, day);
+        digests.push(put_manifest(
+            &registry,
+            &repo,
+            &content_tag(&format!("c{day}")),
+            &manifest,
+        ));
+        match day {
+            1 => _ = put_manifest(&registry, &repo, "v1", &manifest),
+            2 => _ = put_manifest(&registry, &repo, "latest", &manifest),
+            3 => _ = put_manifest(&registry, &repo, "cache", &manifest),
+            6 => _ = put_manifest(&registry, &repo, &content_tag("c6-again"), &manifest),
+            _ => {}
+        }
+    }
+    let exists = |day: usize| tag_digest(&registry, &repo, &digests[day - 1]).is_some();
+
+    let (code, out, err) = t.run(&["gc", "--keep", "1", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("would remove 2 content tags in 1 repository; kept 5"),
+        "{out}"
+    );
+    assert!((1..=6).all(exists), "a dry run deleted: {out}");
+
+    let (code, out, err) = t.run(&["gc", "--keep", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("removed 2 content tags in 1 repository; kept 5"),
+        "{out}"
+    );
+    assert!(
+        out.contains("its image is tagged latest (a requested tag)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("its image is tagged cache (a cache tag)"),
+        "{out}"
+    );
+    assert!(out.contains("its image is tagged v1"), "{out}");
+    assert!(out.contains("its image is that of kept bo-"), "{out}");
+    assert!(!exists(4) && !exists(5), "days 4 and 5 are gone: {out}");
+    for (day, tag) in [(1, "v1"), (2, "latest"), (3, "cache")] {
+        assert_eq!(
+            tag_digest(&registry, &repo, tag),
+            Some(digests[day - 1].clone()),
+            "{tag}"
+        );
+        assert_eq!(
+            tag_digest(&registry, &repo, &content_tag(&format!("c{day}"))),
+            Some(digests[day - 1].clone()),
+            "content tag of day {day}"
+        );
+    }
+    for tag in [content_tag("c6"), content_tag("c6-again")] {
+        assert_eq!(tag_digest(&registry, &repo, &tag), Some(digests[5].clone()));
+    }
+    assert_eq!(tag_digest(&registry, &repo, &content_tag("c4")), None);
+
+    // With --keep 0 the newest may go too, but not while younger than --older-than.
+    let (code, out, err) = t.run(&["gc", "--keep", "0", "--older-than", "36500d"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed 0 content tags"), "{out}");
+    assert!(exists(6));
+    let (code, out, err) = t.run(&["gc", "--keep", "0", "--older-than", "1d"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed 2 content tags"), "{out}");
+    assert!(!exists(6), "{out}");
+    assert!((1..=3).all(exists), "tagged images stay: {out}");
+}
+
+/// `gc` after real builds: the image `latest` points to keeps its content tag (the next run skips), an old build's
+/// content tag is gone (building those inputs again rebuilds).
+#[test]
+fn gc_after_builds_keeps_what_the_next_build_skips_on() {
+    let s = Services::get();
+    let (t, repos) = Tree::workspace_at(
+        &delete_registry(),
+        &s.buildkit_addr,
+        "host",
+        &[("app", &[])],
+    );
+    let registry = delete_registry();
+    let t = t
+        .file("app/Dockerfile", "FROM scratch\nCOPY f /f\n")
+        .file("app/f", "old");
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(t.join("app/f"), "new").unwrap();
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    let latest = tag_digest(&registry, &repos[0], "latest").unwrap();
+
+    let (code, out, err) = t.run(&["gc", "--keep", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("removed 1 content tag in 1 repository"),
+        "{out}"
+    );
+    assert_eq!(tag_digest(&registry, &repos[0], "latest"), Some(latest));
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        summary(&err),
+        crate::common::pairs(&[("skipped", "app")]),
+        "{err}"
+    );
+    std::fs::write(t.join("app/f"), "old").unwrap();
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        summary(&err),
+        crate::common::pairs(&[("built", "app")]),
+        "{err}"
+    );
+}
+
+/// ECR through moto: `gc` lists images with DescribeImages and removes content tags with BatchDeleteImage by tag;
+/// images with a requested tag or anyone's tag keep their content tags, the newest stays, an image whose last tag
+/// goes is deleted. The endpoint given in the config wins over `AWS_ENDPOINT_URL_ECR` (here a dead port).
+#[test]
+fn gc_on_ecr_removes_content_tags_by_tag_and_keeps_tagged_images() {
+    let s = Services::get();
+    let repo = unique_repo("gc-ecr");
+    moto("ecr", "CreateRepository", json!({ "repositoryName": repo }));
+    // moto records push times in whole seconds: one image per second, oldest first.
+    let put = |n: u32, tags: &[String]| {
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "size": 2,
+                        "digest": format!("sha256:{}", hex::encode(sha2::Sha256::digest(format!("config {n}")))) },
+            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": 2,
+                         "digest": format!("sha256:{}", hex::encode(sha2::Sha256::digest(format!("layer {n}")))) }],
+        })
+        .to_string();
+        for tag in tags {
+            moto(
+                "ecr",
+                "PutImage",
+                json!({ "repositoryName": repo, "imageManifest": manifest, "imageTag": tag }),
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    };
+    put(1, &[content_tag("e1"), "latest".into()]);
+    put(2, &[content_tag("e2")]);
+    put(3, &[content_tag("e3"), "pr-7".into()]);
+    put(4, &[content_tag("e4")]);
+    let t = Tree::new()
+        .file(
+            "buildopt.toml",
+            format!(
+                "[registry]\nurl = \"123456789012.dkr.ecr.us-west-2.amazonaws.com\"\necr_endpoint = \"{}\"\n\n[services.app]\ncontext = \"app\"\nimage = \"{repo}\"\n",
+                s.moto()
+            ),
+        )
+        .file("app/Dockerfile", "FROM scratch\n");
+    let env = [("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:9")];
+    let (code, out, err) = aws_run(&t, &env, &["gc", "--keep", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("removed 1 content tag in 1 repository; kept 3"),
+        "{out}"
+    );
+    assert!(out.contains("its image is tagged pr-7"), "{out}");
+    assert!(
+        out.contains("its image is tagged latest (a requested tag)"),
+        "{out}"
+    );
+    let images = moto("ecr", "DescribeImages", json!({ "repositoryName": repo }));
+    let mut tags: Vec<String> = images["imageDetails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["imageTags"].as_array().cloned().unwrap_or_default())
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    tags.sort();
+    let mut want = vec![
+        content_tag("e1"),
+        content_tag("e3"),
+        content_tag("e4"),
+        "latest".to_owned(),
+        "pr-7".to_owned(),
+    ];
+    want.sort();
+    assert_eq!(tags, want, "{out}");
+    assert_eq!(
+        images["imageDetails"].as_array().unwrap().len(),
+        3,
+        "image 2 is deleted with its last tag"
+    );
 }
