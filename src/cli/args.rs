@@ -81,6 +81,8 @@ pub enum Command {
     /// Remove old content tags (`bo-...`) from the registry, keeping the newest N per repository and every image
     /// another tag points to.
     Gc(GcArgs),
+    /// Apply (or show) the ECR lifecycle policy of `[registry] ecr_lifecycle` on existing repositories.
+    EcrLifecycle(EcrLifecycleArgs),
 }
 
 /// Where BuildKit is and how to reach it.
@@ -297,6 +299,20 @@ pub struct GcArgs {
     /// List what would be removed, and remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL, the
+    /// profile's, AWS's].
+    #[arg(long, value_name = "URL")]
+    pub ecr_endpoint: Option<String>,
+}
+
+/// `buildopt ecr-lifecycle`.
+#[derive(Debug, Args)]
+pub struct EcrLifecycleArgs {
+    /// Services whose repositories to set [default: all].
+    pub services: Vec<String>,
+    /// Show each repository's policy and buildopt's, and change nothing.
+    #[arg(long)]
+    pub show: bool,
     /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL, the
     /// profile's, AWS's].
     #[arg(long, value_name = "URL")]

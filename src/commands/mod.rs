@@ -3,6 +3,7 @@
 mod build;
 mod daemon;
 mod deploy;
+mod ecr_lifecycle;
 mod gc;
 mod hash;
 mod plan;
@@ -140,6 +141,9 @@ pub fn run(cli: Cli, printer: Printer) -> Result<ExitStatus, Error> {
         }
         Command::Deploy(args) => deploy::run(&load_workspace(config, sets)?, args, printer),
         Command::Gc(args) => gc::run(&load_workspace(config, sets)?, args, printer),
+        Command::EcrLifecycle(args) => {
+            ecr_lifecycle::run(&load_workspace(config, sets)?, args, printer)
+        }
         // The daemon commands work without a config; one is used for `[buildkit] addr` when present.
         Command::Doctor(args) => block_on(daemon::doctor(
             args,
@@ -288,7 +292,7 @@ async fn registry_setup(
     let mut chain: Vec<Box<dyn Keychain>> = Vec::new();
     if registry.is_ecr() {
         let aws = aws_ecr(registry, ecr_endpoint).await;
-        let api: Arc<dyn EcrApi> = Arc::new(aws);
+        let api: Arc<dyn EcrApi> = Arc::new(aws.clone());
         if ensure_repositories {
             let checks = services.iter().map(|s| {
                 let api = api.clone();
@@ -308,7 +312,8 @@ async fn registry_setup(
                     )
                 })? {
                     RepositoryState::Created => {
-                        tracing::info!("created ECR repository `{}`", svc.image)
+                        tracing::info!("created ECR repository `{}`", svc.image);
+                        ecr_lifecycle::on_create(&aws, registry, svc, printer).await?;
                     }
                     RepositoryState::Existing {
                         immutable_tags: true,

@@ -113,6 +113,13 @@ struct RegistryToml {
     create_repositories: bool,
     ecr_endpoint: Option<String>,
     ecr_region: Option<String>,
+    ecr_lifecycle: Option<Spanned<EcrLifecycleToml>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EcrLifecycleToml {
+    keep_content_tags: Spanned<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +268,15 @@ pub struct Registry {
     pub ecr_endpoint: Option<String>,
     /// ECR region when it cannot be read from the host.
     pub ecr_region: Option<String>,
+    /// The lifecycle policy buildopt gives ECR repositories (`ecr_lifecycle`), if any.
+    pub ecr_lifecycle: Option<EcrLifecycle>,
+}
+
+/// `ecr_lifecycle = { keep_content_tags = N }`: ECR expires images with a content tag beyond the newest N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EcrLifecycle {
+    /// How many content-tagged images to keep (1 or more).
+    pub keep_content_tags: u32,
 }
 
 /// `[services.X.deploy.ecs]`: the ECS service that runs a service's image.
@@ -532,14 +548,44 @@ impl Workspace {
             Some(r) => {
                 validate_registry_url(r.url.get_ref())
                     .map_err(|m| at.err(r.url.span(), format!("`registry.url`: {m}")))?;
-                Some(Registry {
+                let mut registry = Registry {
                     url: r.url.into_inner(),
                     insecure: r.insecure,
                     ecr: r.ecr,
                     create_repositories: r.create_repositories,
                     ecr_endpoint: r.ecr_endpoint,
                     ecr_region: r.ecr_region,
-                })
+                    ecr_lifecycle: None,
+                };
+                if let Some(l) = r.ecr_lifecycle {
+                    let key = "`registry.ecr_lifecycle`";
+                    if !registry.is_ecr() {
+                        return Err(at.err(
+                            l.span(),
+                            format!(
+                                "{key}: registry `{}` is not ECR (set `ecr = true` if it is); other registries have no lifecycle policies: clean them with `buildopt gc`",
+                                registry.url
+                            ),
+                        ));
+                    }
+                    let keep = l.into_inner().keep_content_tags;
+                    let n = u32::try_from(*keep.get_ref())
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| {
+                            at.err(
+                                keep.span(),
+                                format!(
+                                    "{key}: `keep_content_tags` must be 1 or more (the newest image of each repository keeps its content tag), not {}",
+                                    keep.get_ref()
+                                ),
+                            )
+                        })?;
+                    registry.ecr_lifecycle = Some(EcrLifecycle {
+                        keep_content_tags: n,
+                    });
+                }
+                Some(registry)
             }
         };
 

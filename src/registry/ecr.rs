@@ -132,7 +132,7 @@ pub(crate) struct EcrImage {
 /// BatchDeleteImage takes at most this many image IDs per call.
 const DELETE_BATCH: usize = 100;
 
-/// The calls of `buildopt gc`, on the SDK only: they run against real ECR (or moto),
+/// The calls of `buildopt gc` and `buildopt ecr-lifecycle`, on the SDK only: they run against real ECR (or moto),
 /// never a fake.
 impl AwsEcr {
     /// Every image of `repository`, with its tags and push time (DescribeImages, all pages).
@@ -212,6 +212,51 @@ impl AwsEcr {
             }
         }
         Ok(failed)
+    }
+
+    /// The lifecycle policy text of `repository`, or None when it has none.
+    pub(crate) async fn lifecycle_policy(
+        &self,
+        repository: &str,
+    ) -> Result<Option<String>, EcrError> {
+        match self
+            .client
+            .get_lifecycle_policy()
+            .repository_name(repository)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.lifecycle_policy_text().map(str::to_owned)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_lifecycle_policy_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_repository_not_found_exception()) =>
+            {
+                Err(EcrError::MissingRepository(repository.to_owned()))
+            }
+            Err(e) => Err(api_error("GetLifecyclePolicy", e)),
+        }
+    }
+
+    /// Sets the lifecycle policy of `repository` to `text`.
+    pub(crate) async fn put_lifecycle_policy(
+        &self,
+        repository: &str,
+        text: &str,
+    ) -> Result<(), EcrError> {
+        self.client
+            .put_lifecycle_policy()
+            .repository_name(repository)
+            .lifecycle_policy_text(text)
+            .send()
+            .await
+            .map_err(|e| api_error("PutLifecyclePolicy", e))?;
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 pub(crate) mod ecr;
 pub(crate) mod gc;
 pub(crate) mod inputs;
+pub(crate) mod lifecycle;
 pub(crate) mod promote;
 pub(crate) mod verify;
 

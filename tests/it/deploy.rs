@@ -406,9 +406,9 @@ fn deploy_wait_follows_the_service_and_times_out() {
     assert_eq!(running(&cluster, &busy), format!("{family}:3"));
 }
 
-/// Bad deploy settings are refused before anything is built or called, naming the file and line.
+/// Bad deploy and lifecycle settings are refused before anything is built or called, naming the file and line.
 #[test]
-fn deploy_settings_are_checked() {
+fn deploy_and_lifecycle_settings_are_checked() {
     let t = Tree::new()
         .file(
             "buildopt.toml",
@@ -453,6 +453,37 @@ fn deploy_settings_are_checked() {
     let (code, _, err) = t.run(&["deploy"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no service in"), "{err}");
+
+    // A lifecycle policy is for ECR only, and keeps at least one image.
+    t.replace(
+        "buildopt.toml",
+        "insecure = true\n",
+        "insecure = true\necr_lifecycle = { keep_content_tags = 3 }\n",
+    );
+    let (code, _, err) = t.run(&["plan", "--local"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "buildopt.toml:4: `registry.ecr_lifecycle`: registry `127.0.0.1:5000` is not ECR"
+        ),
+        "{err}"
+    );
+    t.replace(
+        "buildopt.toml",
+        "insecure = true\n",
+        "insecure = true\necr = true\n",
+    );
+    t.replace(
+        "buildopt.toml",
+        "keep_content_tags = 3",
+        "keep_content_tags = 0",
+    );
+    let (code, _, err) = t.run(&["plan", "--local"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("`keep_content_tags` must be 1 or more"),
+        "{err}"
+    );
 }
 
 /// Uploads `bytes` as a blob of `repo` in `registry`; returns its digest.
@@ -766,5 +797,99 @@ fn gc_on_ecr_removes_content_tags_by_tag_and_keeps_tagged_images() {
         images["imageDetails"].as_array().unwrap().len(),
         3,
         "image 2 is deleted with its last tag"
+    );
+}
+
+/// The lifecycle policy of `repo` in moto, as JSON.
+fn lifecycle(repo: &str) -> Value {
+    let v = moto(
+        "ecr",
+        "GetLifecyclePolicy",
+        json!({ "repositoryName": repo }),
+    );
+    serde_json::from_str(v["lifecyclePolicyText"].as_str().expect("a policy")).unwrap()
+}
+
+/// `ecr_lifecycle`: a repository buildopt creates gets the policy (requested and cache tags protected, content
+/// tags beyond N expired); `buildopt ecr-lifecycle` applies it to an existing repository and leaves one with a
+/// foreign policy alone, with a warning. ECR is found through `AWS_ENDPOINT_URL_ECR`, the SDK's own setting.
+#[test]
+fn ecr_lifecycle_on_create_and_for_existing_repositories() {
+    let s = Services::get();
+    let (created, bare, foreign) = (
+        unique_repo("lc-new"),
+        unique_repo("lc-bare"),
+        unique_repo("lc-foreign"),
+    );
+    moto("ecr", "CreateRepository", json!({ "repositoryName": bare }));
+    moto(
+        "ecr",
+        "CreateRepository",
+        json!({ "repositoryName": foreign }),
+    );
+    let theirs = json!({ "rules": [{ "rulePriority": 1, "description": "expire untagged after 7 days",
+        "selection": { "tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": 7 },
+        "action": { "type": "expire" } }] });
+    moto(
+        "ecr",
+        "PutLifecyclePolicy",
+        json!({ "repositoryName": foreign, "lifecyclePolicyText": theirs.to_string() }),
+    );
+    let t = Tree::new()
+        .file(
+            "buildopt.toml",
+            format!(
+                "[registry]\nurl = \"{reg}\"\ninsecure = true\necr = true\ncreate_repositories = true\necr_region = \"us-west-2\"\necr_lifecycle = {{ keep_content_tags = 5 }}\n\
+                 [buildkit]\naddr = \"{addr}\"\nnetwork = \"host\"\n\
+                 [services.app]\ncontext = \"app\"\nimage = \"{created}\"\n\
+                 [services.bare]\ncontext = \"app\"\nimage = \"{bare}\"\ntags = [\"stable\"]\n\
+                 [services.foreign]\ncontext = \"app\"\nimage = \"{foreign}\"\n",
+                reg = s.auth_registry(),
+                addr = s.buildkit_addr
+            ),
+        )
+        .file("app/Dockerfile", "FROM scratch\nCOPY f /f\n")
+        .file("app/f", "lifecycle");
+    let env = [("AWS_ENDPOINT_URL_ECR", s.moto())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, err) = aws_run(&t, &env, &["build", "app"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(s.moto_repositories().contains(&created));
+    let policy = lifecycle(&created);
+    let rules = policy["rules"].as_array().unwrap();
+    let protected: Vec<&Value> = rules
+        .iter()
+        .filter_map(|r| r["selection"]["tagPatternList"].get(0))
+        .collect();
+    assert_eq!(protected, [&json!("cache"), &json!("latest")], "{policy}");
+    let last = rules.last().unwrap();
+    assert_eq!(last["selection"]["tagPrefixList"], json!(["bo-"]));
+    assert_eq!(last["selection"]["countNumber"], 5);
+    assert!(last["rulePriority"].as_u64() > rules[0]["rulePriority"].as_u64());
+
+    let (code, out, err) = aws_run(&t, &env, &["ecr-lifecycle", "bare", "foreign"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("applied   {bare}")), "{out}");
+    assert!(
+        err.contains(&format!("warning: ECR repository `{foreign}` has a lifecycle policy that is not buildopt's; left alone")),
+        "{err}"
+    );
+    assert_eq!(lifecycle(&foreign), theirs);
+    let policy = lifecycle(&bare);
+    assert_eq!(
+        policy["rules"][1]["selection"]["tagPatternList"],
+        json!(["stable"]),
+        "{policy}"
+    );
+    // Again: nothing to change.
+    let (code, out, err) = aws_run(&t, &env, &["ecr-lifecycle", "bare"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("unchanged {bare}")), "{out}");
+    // --show changes nothing and says whose each policy is.
+    let (code, out, err) = aws_run(&t, &env, &["ecr-lifecycle", "--show", "foreign"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("a policy that is not buildopt's (left alone)"),
+        "{out}"
     );
 }
