@@ -103,10 +103,11 @@ pub(super) fn after_build(
     )?;
     let region = fallback_region(registry);
     let outcomes = block_on(async {
-        Ok::<_, Error>(match Ecs::new(region).await {
+        let result = match Ecs::new(region).await {
             Ok(ecs) => Ok(deploy::deploy(&ecs, targets, wait, printer).await),
             Err(e) => Err(e),
-        })
+        };
+        Ok::<_, Error>(result)
     })?;
     // The build is done: a deploy that cannot start fails the run (exit 1), as a failed deploy does.
     let outcomes = match outcomes {
@@ -124,7 +125,12 @@ pub(super) fn after_build(
             .collect();
         writeln!(
             printer.errors(),
-            "the other deploys are not affected; retry the failed ones with: {}",
+            "{}retry with: {}",
+            if failed.len() < outcomes.len() {
+                "the others are deployed; "
+            } else {
+                ""
+            },
             deploy_command(ws, &failed, &args.tags)
         )?;
     }

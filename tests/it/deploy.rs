@@ -333,7 +333,7 @@ fn a_failed_deploy_leaves_the_other_services_deployed() {
         "{err}"
     );
     assert!(
-        err.contains("retry the failed ones with: buildopt deploy bad"),
+        err.contains("the others are deployed; retry with: buildopt deploy bad"),
         "{err}"
     );
     // The good one is deployed.
