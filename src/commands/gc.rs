@@ -117,7 +117,17 @@ impl Gc {
             digests.dedup();
             for digest in digests {
                 match client.delete_manifest(repo.name, digest).await {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        // The image's input manifest goes with it; one left behind is only clutter.
+                        if let Err(e) = gc::drop_referrers(client, repo.name, digest, &others).await
+                        {
+                            writeln!(
+                                self.printer.errors(),
+                                "warning: removing the input manifest of {name}@{digest} failed: {}",
+                                crate::error::one_line(&e)
+                            )?;
+                        }
+                    }
                     // A registry that refuses deletes refuses them all: stop with what to do.
                     Err(e @ RegistryError::DeleteRefused { .. }) => {
                         return Err(e).with_context(|| format!("removing content tags of {name}"));

@@ -237,6 +237,42 @@ async fn resolve(
     Ok((content, others))
 }
 
+/// Deletes the input manifest of a deleted image where a registry without the referrers API keeps it (see
+/// [`super::inputs`]): the manifests its referrers tag (`sha256-<hex>`) lists, then the tag's index. They describe
+/// an image that is gone. Nothing is deleted when another tag of `others` points at that index. Returns how many
+/// manifests went.
+pub(crate) async fn drop_referrers(
+    client: &RegistryClient,
+    repo: &str,
+    image: &str,
+    others: &[Tagged],
+) -> Result<usize, RegistryError> {
+    let tag = super::inputs::referrers_tag(image);
+    let Some(index) = client.manifest(&client.reference(repo, &tag)).await? else {
+        return Ok(0);
+    };
+    if others
+        .iter()
+        .any(|o| o.digest == index.digest && o.tag != tag)
+    {
+        return Ok(0);
+    }
+    let listed: Vec<String> = serde_json::from_slice::<serde_json::Value>(&index.bytes)
+        .ok()
+        .and_then(|v| v["manifests"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m["digest"].as_str().map(str::to_owned))
+        .collect();
+    let mut deleted = 0;
+    for digest in listed.iter().chain(std::iter::once(&index.digest)) {
+        if client.delete_manifest(repo, digest).await? {
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 /// The creation time of image `digest`: its config's `created`, or for an index its first platform image's. None
 /// when the image has none, or its manifest or config is gone or unreadable (the age is then unknown, not an error).
 async fn created(
