@@ -899,6 +899,7 @@ pub(crate) mod tests {
             outputs: Vec::new(),
             secrets: Vec::new(),
             ssh: Vec::new(),
+            deploy: None,
         };
         let inputs = hash_service(&svc, &BTreeMap::new(), &Index::disabled(), &[]).unwrap();
         (dir, svc, inputs)

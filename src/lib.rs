@@ -3,12 +3,14 @@
 #![warn(missing_docs)]
 
 pub(crate) mod auth;
+pub(crate) mod aws;
 pub(crate) mod buildkit;
 pub(crate) mod ci;
 pub mod cli;
 pub(crate) mod commands;
 pub mod config;
 pub mod context;
+pub(crate) mod deploy;
 pub mod digest;
 pub(crate) mod dockerfile;
 pub mod error;

@@ -69,6 +69,20 @@ pub enum Command {
     shared with images stay. --all removes every unused record and asks first."
     )]
     Prune(PruneArgs),
+    /// Deploy what the requested tags point to now to ECS (`[services.X.deploy.ecs]`).
+    #[command(
+        long_about = "Deploy to ECS.\n\nFor each service with a [services.X.deploy.ecs] table (all of them, or the ones named), \
+    resolves the image its first requested tag (or --tag) points to now, registers a new revision of the ECS service's \
+    current task definition with the container's image set to REGISTRY/IMAGE@DIGEST (everything else copied), and \
+    updates the service to it. A service whose task definition already has that image is left as it is. Each service \
+    is deployed on its own: one failing leaves the others alone."
+    )]
+    Deploy(DeployArgs),
+    /// Remove old content tags (`bo-...`) from the registry, keeping the newest N per repository and every image
+    /// another tag points to.
+    Gc(GcArgs),
+    /// Apply (or show) the ECR lifecycle policy of `[registry] ecr_lifecycle` on existing repositories.
+    EcrLifecycle(EcrLifecycleArgs),
 }
 
 /// Where BuildKit is and how to reach it.
@@ -232,7 +246,75 @@ pub struct BuildArgs {
     /// Write per-service results as JSON to PATH (keys like buildx's metadata file where they overlap).
     #[arg(long, value_name = "PATH", env = "BUILDOPT_METADATA_FILE")]
     pub metadata_file: Option<PathBuf>,
-    /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS's].
+    /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL, the
+    /// profile's, AWS's].
+    #[arg(long, value_name = "URL")]
+    pub ecr_endpoint: Option<String>,
+    /// Deploy the services whose image changed in this run to ECS (`[services.X.deploy.ecs]`); without it, the
+    /// summary says which would be deployed.
+    #[arg(long, conflicts_with = "no_push")]
+    pub deploy: bool,
+    /// With --deploy: wait until each updated ECS service is stable.
+    #[arg(long, requires = "deploy")]
+    pub deploy_wait: bool,
+    /// How long --deploy-wait waits (e.g. 10m, 1h) [default: 10m].
+    #[arg(long, value_name = "DURATION", requires = "deploy_wait")]
+    pub deploy_timeout: Option<String>,
+}
+
+/// `buildopt deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Services to deploy [default: every service with a deploy table]; their dependencies are not included.
+    pub services: Vec<String>,
+    /// Deploy what TAG points to [default: each service's first requested tag].
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Wait until each updated ECS service is stable.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits (e.g. 10m, 1h) [default: 10m].
+    #[arg(long, value_name = "DURATION", requires = "wait")]
+    pub timeout: Option<String>,
+    /// Say what would be deployed, and deploy nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL, the
+    /// profile's, AWS's].
+    #[arg(long, value_name = "URL")]
+    pub ecr_endpoint: Option<String>,
+}
+
+/// `buildopt gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Services whose repositories to clean [default: all].
+    pub services: Vec<String>,
+    /// Content tags to keep per repository, newest first (by the image's creation time; on ECR by push time).
+    #[arg(long, value_name = "N")]
+    pub keep: usize,
+    /// Remove only content tags whose image is older than this (e.g. 30d, 12h); images of unknown age stay.
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: Option<String>,
+    /// List what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL, the
+    /// profile's, AWS's].
+    #[arg(long, value_name = "URL")]
+    pub ecr_endpoint: Option<String>,
+}
+
+/// `buildopt ecr-lifecycle`.
+#[derive(Debug, Args)]
+pub struct EcrLifecycleArgs {
+    /// Services whose repositories to set [default: all].
+    pub services: Vec<String>,
+    /// Show each repository's policy and buildopt's, and change nothing.
+    #[arg(long)]
+    pub show: bool,
+    /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL, the
+    /// profile's, AWS's].
     #[arg(long, value_name = "URL")]
     pub ecr_endpoint: Option<String>,
 }
@@ -266,7 +348,8 @@ pub struct PlanArgs {
     /// Whether the registry cache must exist too for a skip (as `build` exports it by default).
     #[arg(long, value_enum, default_value_t = CacheMode::Registry, env = "BUILDOPT_CACHE_TO")]
     pub cache_to: CacheMode,
-    /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS's].
+    /// ECR API endpoint [default: `[registry] ecr_endpoint`, else AWS_ENDPOINT_URL_ECR, AWS_ENDPOINT_URL, the
+    /// profile's, AWS's].
     #[arg(long, value_name = "URL")]
     pub ecr_endpoint: Option<String>,
 }

@@ -482,7 +482,9 @@ pub(super) fn run(
     if let Err(e) = github.write(&report, &mut printer.errors()) {
         tracing::warn!("could not write the GitHub Actions outputs: {e}");
     }
-    Ok(if report.succeeded() {
+    // `--deploy`: what this run changed goes to ECS; without it, the lines that say what would.
+    let deployed = super::deploy::after_build(ws, &registry, &report, args, printer)?;
+    Ok(if report.succeeded() && deployed {
         ExitStatus::Success
     } else {
         ExitStatus::Failure

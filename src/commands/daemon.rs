@@ -562,7 +562,7 @@ fn cut(text: &str, room: Option<usize>) -> std::borrow::Cow<'_, str> {
 }
 
 /// How long ago `t` was, in its largest unit (`35s`, `12m`, `5h`, `3d`); `-` when never.
-fn ago(now: SystemTime, t: Option<SystemTime>) -> String {
+pub(super) fn ago(now: SystemTime, t: Option<SystemTime>) -> String {
     let Some(t) = t else { return "-".to_owned() };
     let secs = now.duration_since(t).unwrap_or_default().as_secs();
     match secs {
@@ -586,7 +586,7 @@ fn show_duration(d: Duration) -> String {
 }
 
 /// `48h`, `90m`, `7d`, `1h30m`, `1.5h`, `45s`, `2w`; `0` alone.
-fn parse_duration(s: &str) -> Option<Duration> {
+pub(super) fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s == "0" {
         return Some(Duration::ZERO);

@@ -2,6 +2,9 @@
 
 mod build;
 mod daemon;
+mod deploy;
+mod ecr_lifecycle;
+mod gc;
 mod hash;
 mod plan;
 
@@ -133,7 +136,13 @@ pub fn run(cli: Cli, printer: Printer) -> Result<ExitStatus, Error> {
             let mut ws = load_workspace(config, sets)?;
             ws.add_tags(&args.tags)?;
             ws.add_mounts(&args.secrets, &args.ssh, &std::env::current_dir()?)?;
+            deploy::check_build(&ws, args)?;
             build::run(&ws, args, printer, cli.global.progress)
+        }
+        Command::Deploy(args) => deploy::run(&load_workspace(config, sets)?, args, printer),
+        Command::Gc(args) => gc::run(&load_workspace(config, sets)?, args, printer),
+        Command::EcrLifecycle(args) => {
+            ecr_lifecycle::run(&load_workspace(config, sets)?, args, printer)
         }
         // The daemon commands work without a config; one is used for `[buildkit] addr` when present.
         Command::Doctor(args) => block_on(daemon::doctor(
@@ -217,14 +226,18 @@ pub(crate) fn own_path(path: &Path) -> PathBuf {
 
 /// The selected services (plus their dependencies) or a usage error naming the unknown one.
 fn select<'a>(ws: &'a Workspace, names: &[String]) -> Result<Vec<&'a Service>, Error> {
-    ws.select(names).map_err(|unknown| {
-        let known: Vec<&str> = ws.services.iter().map(|s| s.name.as_str()).collect();
-        Error::usage(format!(
-            "no service `{unknown}` in {}; known services: {}",
-            ws.config_path.display(),
-            known.join(", ")
-        ))
-    })
+    ws.select(names)
+        .map_err(|unknown| unknown_service(ws, &unknown))
+}
+
+/// The usage error for a service name the config does not have.
+fn unknown_service(ws: &Workspace, name: &str) -> Error {
+    let known: Vec<&str> = ws.services.iter().map(|s| s.name.as_str()).collect();
+    Error::usage(format!(
+        "no service `{name}` in {}; known services: {}",
+        ws.config_path.display(),
+        known.join(", ")
+    ))
 }
 
 /// Hashes `services` (dependencies first) with the workspace's content index, saving the index afterwards.
@@ -274,15 +287,12 @@ async fn registry_setup(
 ) -> Result<RegistrySetup, Error> {
     use std::io::Write;
 
-    use crate::registry::ecr::{AwsEcr, EcrApi, EcrKeychain, RepositoryState, region_of_host};
+    use crate::registry::ecr::{EcrApi, EcrKeychain, RepositoryState};
 
     let mut chain: Vec<Box<dyn Keychain>> = Vec::new();
     if registry.is_ecr() {
-        let region = region_of_host(registry.host()).or_else(|| registry.ecr_region.clone());
-        let endpoint = ecr_endpoint
-            .map(str::to_owned)
-            .or_else(|| registry.ecr_endpoint.clone());
-        let api: Arc<dyn EcrApi> = Arc::new(AwsEcr::new(region, endpoint).await);
+        let aws = aws_ecr(registry, ecr_endpoint).await;
+        let api: Arc<dyn EcrApi> = Arc::new(aws.clone());
         if ensure_repositories {
             let checks = services.iter().map(|s| {
                 let api = api.clone();
@@ -302,7 +312,8 @@ async fn registry_setup(
                     )
                 })? {
                     RepositoryState::Created => {
-                        tracing::info!("created ECR repository `{}`", svc.image)
+                        tracing::info!("created ECR repository `{}`", svc.image);
+                        ecr_lifecycle::on_create(&aws, registry, svc, printer).await?;
                     }
                     RepositoryState::Existing {
                         immutable_tags: true,
@@ -332,5 +343,55 @@ async fn registry_setup(
     Ok(RegistrySetup {
         keychain,
         verifier: Verifier::new(client),
+    })
+}
+
+/// The ECR API client of `registry`: its region from the host (else `ecr_region`, else the SDK's settings), its
+/// endpoint from `--ecr-endpoint`, else `[registry] ecr_endpoint`, else the SDK's settings (`AWS_ENDPOINT_URL_ECR`,
+/// `AWS_ENDPOINT_URL`, the profile).
+pub(crate) async fn aws_ecr(
+    registry: &Registry,
+    ecr_endpoint: Option<&str>,
+) -> crate::registry::ecr::AwsEcr {
+    use crate::registry::ecr::{AwsEcr, region_of_host};
+    let region = region_of_host(registry.host()).or_else(|| registry.ecr_region.clone());
+    let endpoint = ecr_endpoint
+        .map(str::to_owned)
+        .or_else(|| registry.ecr_endpoint.clone());
+    AwsEcr::new(region, endpoint).await
+}
+
+/// The `[registry]` of a command that needs one, or a usage error naming the command.
+fn need_registry<'a>(ws: &'a Workspace, command: &str) -> Result<&'a Registry, Error> {
+    ws.registry.as_ref().ok_or_else(|| {
+        Error::usage(format!(
+            "{}: `buildopt {command}` needs a [registry] with a `url`",
+            ws.config_path.display()
+        ))
+    })
+}
+
+/// The named services (all when none is named), without their dependencies, or a usage error naming an unknown
+/// one.
+fn named<'a>(ws: &'a Workspace, names: &[String]) -> Result<Vec<&'a Service>, Error> {
+    if names.is_empty() {
+        return Ok(ws.services.iter().collect());
+    }
+    let mut out: Vec<&Service> = Vec::new();
+    for n in names {
+        let svc = ws.service(n).ok_or_else(|| unknown_service(ws, n))?;
+        if !out.iter().any(|s| s.name == svc.name) {
+            out.push(svc);
+        }
+    }
+    Ok(out)
+}
+
+/// A duration flag (`10m`, `1h30m`, `7d`), or a usage error naming the flag.
+fn duration_flag(flag: &str, value: &str) -> Result<std::time::Duration, Error> {
+    daemon::parse_duration(value).ok_or_else(|| {
+        Error::usage(format!(
+            "{flag} {value}: not a duration; write it like 90s, 10m, 1h30m, 7d"
+        ))
     })
 }

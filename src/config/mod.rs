@@ -113,6 +113,13 @@ struct RegistryToml {
     create_repositories: bool,
     ecr_endpoint: Option<String>,
     ecr_region: Option<String>,
+    ecr_lifecycle: Option<Spanned<EcrLifecycleToml>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EcrLifecycleToml {
+    keep_content_tags: Spanned<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +155,23 @@ struct ServiceToml {
     secrets: Vec<Spanned<String>>,
     #[serde(default)]
     ssh: Vec<Spanned<String>>,
+    deploy: Option<Spanned<DeployToml>>,
+}
+
+/// `[services.X.deploy]`: where the image runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployToml {
+    ecs: Option<EcsToml>,
+}
+
+/// `[services.X.deploy.ecs]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EcsToml {
+    cluster: Spanned<String>,
+    service: Spanned<String>,
+    container: Option<Spanned<String>>,
 }
 
 /// `attest = { provenance = "mode=max" | true | false, sbom = true | false | "generator=IMAGE" }`.
@@ -244,6 +268,26 @@ pub struct Registry {
     pub ecr_endpoint: Option<String>,
     /// ECR region when it cannot be read from the host.
     pub ecr_region: Option<String>,
+    /// The lifecycle policy buildopt gives ECR repositories (`ecr_lifecycle`), if any.
+    pub ecr_lifecycle: Option<EcrLifecycle>,
+}
+
+/// `ecr_lifecycle = { keep_content_tags = N }`: ECR expires images with a content tag beyond the newest N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EcrLifecycle {
+    /// How many content-tagged images to keep (1 or more).
+    pub keep_content_tags: u32,
+}
+
+/// `[services.X.deploy.ecs]`: the ECS service that runs a service's image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcsDeploy {
+    /// The cluster (name or ARN).
+    pub cluster: String,
+    /// The ECS service (name or ARN).
+    pub service: String,
+    /// The container of the task definition whose image is replaced (default: the buildopt service's name).
+    pub container: String,
 }
 
 impl Registry {
@@ -323,6 +367,8 @@ pub struct Service {
     pub secrets: Vec<SecretSpec>,
     /// SSH agents its build may forward (`RUN --mount=type=ssh`), by id. Not an input.
     pub ssh: Vec<SshSpec>,
+    /// Where the image is deployed (`[services.X.deploy.ecs]`), if anywhere.
+    pub deploy: Option<EcsDeploy>,
 }
 
 /// What a named build context is.
@@ -502,14 +548,44 @@ impl Workspace {
             Some(r) => {
                 validate_registry_url(r.url.get_ref())
                     .map_err(|m| at.err(r.url.span(), format!("`registry.url`: {m}")))?;
-                Some(Registry {
+                let mut registry = Registry {
                     url: r.url.into_inner(),
                     insecure: r.insecure,
                     ecr: r.ecr,
                     create_repositories: r.create_repositories,
                     ecr_endpoint: r.ecr_endpoint,
                     ecr_region: r.ecr_region,
-                })
+                    ecr_lifecycle: None,
+                };
+                if let Some(l) = r.ecr_lifecycle {
+                    let key = "`registry.ecr_lifecycle`";
+                    if !registry.is_ecr() {
+                        return Err(at.err(
+                            l.span(),
+                            format!(
+                                "{key}: registry `{}` is not ECR (set `ecr = true` if it is); other registries have no lifecycle policies: clean them with `buildopt gc`",
+                                registry.url
+                            ),
+                        ));
+                    }
+                    let keep = l.into_inner().keep_content_tags;
+                    let n = u32::try_from(*keep.get_ref())
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| {
+                            at.err(
+                                keep.span(),
+                                format!(
+                                    "{key}: `keep_content_tags` must be 1 or more (the newest image of each repository keeps its content tag), not {}",
+                                    keep.get_ref()
+                                ),
+                            )
+                        })?;
+                    registry.ecr_lifecycle = Some(EcrLifecycle {
+                        keep_content_tags: n,
+                    });
+                }
+                Some(registry)
             }
         };
 
@@ -807,6 +883,10 @@ impl Workspace {
                 SecretSpec::parse(s, root)
             })?;
             let ssh = by_id(svc.ssh, &key("ssh"), &at, |s| SshSpec::parse(s, root))?;
+            let deploy = match svc.deploy {
+                None => None,
+                Some(d) => Some(ecs_deploy(d, &name, &at)?),
+            };
             services.push((
                 Service {
                     name,
@@ -829,6 +909,7 @@ impl Workspace {
                     outputs,
                     secrets,
                     ssh,
+                    deploy,
                 },
                 edges,
             ));
@@ -956,6 +1037,43 @@ impl Workspace {
             .filter(|s| wanted.contains(&s.name.as_str()))
             .collect())
     }
+}
+
+/// `[services.NAME.deploy]`, checked: an `ecs` table with a cluster and a service, names without spaces.
+fn ecs_deploy(
+    deploy: Spanned<DeployToml>,
+    name: &str,
+    at: &Locator<'_>,
+) -> Result<EcsDeploy, ConfigError> {
+    let span = deploy.span();
+    let Some(ecs) = deploy.into_inner().ecs else {
+        return Err(at.err(
+            span,
+            format!(
+                "`services.{name}.deploy` says nowhere to deploy: add [services.{name}.deploy.ecs] with `cluster` and `service`"
+            ),
+        ));
+    };
+    let check = |value: Spanned<String>, key: &str| -> Result<String, ConfigError> {
+        let v = value.get_ref();
+        if v.is_empty() || v.chars().any(char::is_whitespace) {
+            return Err(at.err(
+                value.span(),
+                format!(
+                    "`services.{name}.deploy.ecs.{key}`: `{v}` is not an ECS {key} name or ARN (empty, or with spaces)"
+                ),
+            ));
+        }
+        Ok(value.into_inner())
+    };
+    Ok(EcsDeploy {
+        cluster: check(ecs.cluster, "cluster")?,
+        service: check(ecs.service, "service")?,
+        container: match ecs.container {
+            Some(c) => check(c, "container")?,
+            None => name.to_owned(),
+        },
+    })
 }
 
 struct Locator<'a> {

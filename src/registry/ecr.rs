@@ -32,9 +32,7 @@ pub enum EcrError {
     )]
     MissingRepository(String),
     /// The AWS SDK found no credentials anywhere in its default chain.
-    #[error(
-        "ECR {operation}: no AWS credentials found (looked in the environment, the shared config and credentials files, SSO, web identity, ECS and EC2 instance metadata); set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run `aws sso login`"
-    )]
+    #[error("ECR {operation}: {}", crate::aws::NO_CREDENTIALS_HINT)]
     NoCredentials {
         /// The operation that needed them.
         operation: &'static str,
@@ -92,54 +90,174 @@ pub fn region_of_host(host: &str) -> Option<String> {
 }
 
 impl AwsEcr {
-    /// A client for `region` (else the environment's), at `endpoint` when given (emulators, tests).
+    /// A client for `region` (else the SDK's settings'), at `endpoint` when given (emulators, tests); without it,
+    /// the SDK's standard settings say where ECR is (`AWS_ENDPOINT_URL_ECR`, `AWS_ENDPOINT_URL`, the profile's
+    /// `endpoint_url`), else AWS.
     pub async fn new(region: Option<String>, endpoint: Option<String>) -> AwsEcr {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(r) = region {
-            loader = loader.region(aws_config::Region::new(r));
-        }
-        if let Some(e) = endpoint {
-            loader = loader.endpoint_url(e);
-        }
+        let region = match region {
+            Some(r) => crate::aws::RegionSource::Fixed(r),
+            None => crate::aws::RegionSource::Default { fallback: None },
+        };
         AwsEcr {
-            client: aws_sdk_ecr::Client::new(&loader.load().await),
+            client: aws_sdk_ecr::Client::new(&crate::aws::sdk_config(region, endpoint).await),
         }
     }
 }
 
-/// One line for an SDK failure: the service's own error code and message when it answered, otherwise the
-/// distinct messages of the cause chain (never a `Debug` dump), and a missing credential chain as its own error.
+/// One line for an SDK failure (see [`crate::aws::failure`]), and a missing credential chain as its own error.
 fn api_error<E, R>(operation: &'static str, e: aws_sdk_ecr::error::SdkError<E, R>) -> EcrError
 where
     E: aws_sdk_ecr::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug + 'static,
 {
-    if let Some(service) = e.as_service_error() {
-        return EcrError::Api {
-            operation,
-            message: match (service.code(), service.message()) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                (Some(code), None) => code.to_owned(),
-                _ => service.to_string(),
-            },
-        };
-    }
-    let mut parts: Vec<String> = Vec::new();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
+    match crate::aws::failure(&e) {
+        crate::aws::Failure::NoCredentials => EcrError::NoCredentials { operation },
+        crate::aws::Failure::Service(message) | crate::aws::Failure::Other(message) => {
+            EcrError::Api { operation, message }
         }
-        cause = c.source();
     }
-    let message = parts.join(": ");
-    // The service never answered, and the reason was the credential chain (a rejected credential is a service
-    // error, answered above).
-    if message.contains("credentials") {
-        return EcrError::NoCredentials { operation };
+}
+
+/// One image of a repository, as DescribeImages lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EcrImage {
+    /// `sha256:...`.
+    pub(crate) digest: String,
+    /// Its tags.
+    pub(crate) tags: Vec<String>,
+    /// When it was pushed, as ECR says.
+    pub(crate) pushed_at: Option<SystemTime>,
+}
+
+/// BatchDeleteImage takes at most this many image IDs per call.
+const DELETE_BATCH: usize = 100;
+
+/// The calls of `buildopt gc` and `buildopt ecr-lifecycle`, on the SDK only: they run against real ECR (or moto),
+/// never a fake.
+impl AwsEcr {
+    /// Every image of `repository`, with its tags and push time (DescribeImages, all pages).
+    pub(crate) async fn images(&self, repository: &str) -> Result<Vec<EcrImage>, EcrError> {
+        let mut images = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .describe_images()
+                .repository_name(repository)
+                .set_next_token(next.take())
+                .max_results(1000)
+                .send()
+                .await
+                .map_err(|e| {
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_repository_not_found_exception())
+                    {
+                        EcrError::MissingRepository(repository.to_owned())
+                    } else {
+                        api_error("DescribeImages", e)
+                    }
+                })?;
+            images.extend(out.image_details().iter().filter_map(|d| {
+                Some(EcrImage {
+                    digest: d.image_digest()?.to_owned(),
+                    tags: d.image_tags().to_vec(),
+                    pushed_at: d
+                        .image_pushed_at()
+                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                })
+            }));
+            match out.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_owned()),
+                _ => return Ok(images),
+            }
+        }
     }
-    EcrError::Api { operation, message }
+
+    /// Removes `tags` from `repository` (BatchDeleteImage by tag: ECR deletes an image only with its last tag).
+    /// Returns the tags it could not remove, each with ECR's reason.
+    pub(crate) async fn delete_tags(
+        &self,
+        repository: &str,
+        tags: &[String],
+    ) -> Result<Vec<(String, String)>, EcrError> {
+        use aws_sdk_ecr::types::ImageIdentifier;
+        let mut failed = Vec::new();
+        for batch in tags.chunks(DELETE_BATCH) {
+            let ids = batch
+                .iter()
+                .map(|t| ImageIdentifier::builder().image_tag(t).build())
+                .collect();
+            let out = self
+                .client
+                .batch_delete_image()
+                .repository_name(repository)
+                .set_image_ids(Some(ids))
+                .send()
+                .await
+                .map_err(|e| api_error("BatchDeleteImage", e))?;
+            for f in out.failures() {
+                let tag = f
+                    .image_id()
+                    .and_then(|i| i.image_tag())
+                    .unwrap_or_default()
+                    .to_owned();
+                let code = f.failure_code().map(|c| c.as_str().to_owned());
+                let reason = match (code, f.failure_reason()) {
+                    (Some(c), Some(r)) => format!("{c}: {r}"),
+                    (Some(c), None) => c,
+                    (None, Some(r)) => r.to_owned(),
+                    (None, None) => "no reason given".to_owned(),
+                };
+                failed.push((tag, reason));
+            }
+        }
+        Ok(failed)
+    }
+
+    /// The lifecycle policy text of `repository`, or None when it has none.
+    pub(crate) async fn lifecycle_policy(
+        &self,
+        repository: &str,
+    ) -> Result<Option<String>, EcrError> {
+        match self
+            .client
+            .get_lifecycle_policy()
+            .repository_name(repository)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.lifecycle_policy_text().map(str::to_owned)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_lifecycle_policy_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_repository_not_found_exception()) =>
+            {
+                Err(EcrError::MissingRepository(repository.to_owned()))
+            }
+            Err(e) => Err(api_error("GetLifecyclePolicy", e)),
+        }
+    }
+
+    /// Sets the lifecycle policy of `repository` to `text`.
+    pub(crate) async fn put_lifecycle_policy(
+        &self,
+        repository: &str,
+        text: &str,
+    ) -> Result<(), EcrError> {
+        self.client
+            .put_lifecycle_policy()
+            .repository_name(repository)
+            .lifecycle_policy_text(text)
+            .send()
+            .await
+            .map_err(|e| api_error("PutLifecyclePolicy", e))?;
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]

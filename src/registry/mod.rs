@@ -3,7 +3,9 @@
 //! (`inputs`). This is the one place that decides what a "not found", a transient failure and a refusal look like.
 
 pub(crate) mod ecr;
+pub(crate) mod gc;
 pub(crate) mod inputs;
+pub(crate) mod lifecycle;
 pub(crate) mod promote;
 pub(crate) mod verify;
 
@@ -107,6 +109,18 @@ pub enum RegistryError {
     /// Something that must be there is not.
     #[error("the registry has no {0}")]
     Missing(String),
+    /// The registry does not allow deleting manifests.
+    #[error(
+        "registry {host} does not allow deleting {reference} ({detail}); enable deletes (distribution: `storage.delete.enabled: true`), or delete the tags with the registry's own tools"
+    )]
+    DeleteRefused {
+        /// Registry host.
+        host: String,
+        /// What was to be deleted.
+        reference: String,
+        /// What the registry said.
+        detail: String,
+    },
     /// Anything else the registry client reported.
     #[error("registry request for {reference} failed")]
     Other {
@@ -134,6 +148,7 @@ impl Classify for RegistryError {
             | RegistryError::NoCredentials { .. }
             | RegistryError::Rejected { .. }
             | RegistryError::Credentials(_)
+            | RegistryError::DeleteRefused { .. }
             | RegistryError::Reference(_) => ErrorKind::Usage,
             RegistryError::Status { .. }
             | RegistryError::Missing(_)
@@ -303,6 +318,8 @@ struct Auth {
 #[derive(Clone)]
 pub(crate) struct RegistryClient {
     oci: Client,
+    /// For what oci-client cannot do (deleting a manifest).
+    http: reqwest::Client,
     registry: Registry,
     keychain: Arc<dyn Keychain>,
     auth: Arc<OnceCell<Auth>>,
@@ -338,8 +355,17 @@ impl RegistryClient {
             reference: registry.url.clone(),
             source,
         })?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| RegistryError::Other {
+                reference: registry.url.clone(),
+                source: OciDistributionError::from(e),
+            })?;
         Ok(RegistryClient {
             oci,
+            http,
             registry: registry.clone(),
             keychain,
             auth: Arc::new(OnceCell::new()),
@@ -349,6 +375,11 @@ impl RegistryClient {
     /// `registry/repo:tag`.
     pub(crate) fn reference(&self, repo: &str, tag: &str) -> String {
         self.registry.reference(repo, tag)
+    }
+
+    /// `registry/repo`.
+    pub(crate) fn repository(&self, repo: &str) -> String {
+        format!("{}/{repo}", self.registry.url)
     }
 
     /// `registry/repo@digest`.
@@ -603,6 +634,237 @@ impl RegistryClient {
         .await?;
         Ok(manifest.digest.clone())
     }
+
+    /// Every tag of `repo` (none when the repository does not exist), page by page.
+    pub(crate) async fn tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
+        const PAGE: usize = 1000;
+        let reference = self.repository(repo);
+        let r = self.parse(&reference)?;
+        let auth = &self.auth().await?.auth;
+        let mut tags: Vec<String> = Vec::new();
+        loop {
+            let last = tags.last().cloned();
+            let Some(page) = self
+                .retrying(&reference, || {
+                    self.oci.list_tags(&r, auth, Some(PAGE), last.as_deref())
+                })
+                .await?
+            else {
+                return Ok(tags);
+            };
+            let n = page.tags.len();
+            // A registry that ignores `last` would repeat the first page: stop on a tag already seen.
+            let fresh: Vec<String> = page
+                .tags
+                .into_iter()
+                .filter(|t| last.as_deref().is_none_or(|l| t.as_str() > l))
+                .collect();
+            let done = n < PAGE || fresh.is_empty();
+            tags.extend(fresh);
+            if done {
+                return Ok(tags);
+            }
+        }
+    }
+
+    /// Deletes the manifest `digest` of `repo`, and with it every tag on it (the distribution API deletes by
+    /// digest only). Returns false when it was not there. Token registries are asked for a token with the
+    /// `delete` action; Basic ones get the credentials; neither is ever logged.
+    pub(crate) async fn delete_manifest(
+        &self,
+        repo: &str,
+        digest: &str,
+    ) -> Result<bool, RegistryError> {
+        let reference = self.by_digest(repo, digest);
+        let scheme = if self.registry.insecure {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!(
+            "{scheme}://{}/v2/{}/manifests/{digest}",
+            self.registry.host(),
+            self.repository_path(repo)
+        );
+        let auth = self.auth().await?.auth.clone();
+        let send = |authorization: Option<String>| {
+            let mut request = self.http.delete(&url);
+            if let Some(a) = authorization {
+                request = request.header(http::header::AUTHORIZATION, a);
+            }
+            request.send()
+        };
+        let transport = |e: reqwest::Error| RegistryError::Unreachable {
+            host: self.registry.host().to_owned(),
+            reference: reference.clone(),
+            attempts: 1,
+            source: OciDistributionError::from(e),
+        };
+        let mut response = send(None).await.map_err(transport)?;
+        if response.status() == http::StatusCode::UNAUTHORIZED {
+            let challenge = response
+                .headers()
+                .get(http::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(Challenge::parse);
+            let authorization = match (challenge, &auth) {
+                (
+                    Some(Challenge::Bearer {
+                        realm,
+                        service,
+                        scope,
+                    }),
+                    _,
+                ) => {
+                    let scope = scope.unwrap_or_else(|| {
+                        format!("repository:{}:delete", self.repository_path(repo))
+                    });
+                    self.bearer_token(&realm, service.as_deref(), &scope, &auth)
+                        .await
+                        .map_err(transport)?
+                        .map(|t| format!("Bearer {t}"))
+                }
+                (_, RegistryAuth::Basic(user, password)) => Some(format!(
+                    "Basic {}",
+                    base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        format!("{user}:{password}")
+                    )
+                )),
+                _ => None,
+            };
+            if authorization.is_some() {
+                response = send(authorization).await.map_err(transport)?;
+            }
+        }
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        let detail = || match serde_json::from_str::<LooseEnvelope>(&body) {
+            Ok(envelope) => envelope.summary(),
+            Err(_) => status_text(status.as_u16()),
+        };
+        let host = || self.registry.host().to_owned();
+        match status.as_u16() {
+            200..=299 => Ok(true),
+            404 => Ok(false),
+            // Distribution answers 405 UNSUPPORTED when deletes are off.
+            405 => Err(RegistryError::DeleteRefused {
+                host: host(),
+                reference,
+                detail: detail(),
+            }),
+            401 | 403 => Err(match &self.auth().await?.origin {
+                Some(origin) => RegistryError::Rejected {
+                    host: host(),
+                    reference,
+                    origin: origin.clone(),
+                },
+                None => RegistryError::NoCredentials {
+                    host: host(),
+                    reference,
+                    looked_in: self.keychain.sources(self.registry.host()),
+                },
+            }),
+            code => Err(RegistryError::Status {
+                host: host(),
+                reference,
+                status: status_text(code),
+                detail: detail(),
+                attempts: 1,
+            }),
+        }
+    }
+
+    /// The repository's path on the registry: the registry URL's own path (if any), then `repo`.
+    fn repository_path(&self, repo: &str) -> String {
+        match self.registry.url.split_once('/') {
+            Some((_, path)) => format!("{path}/{repo}"),
+            None => repo.to_owned(),
+        }
+    }
+
+    /// A token from a token service (`realm`) for `scope`, with the credentials when there are some.
+    async fn bearer_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        auth: &RegistryAuth,
+    ) -> Result<Option<String>, reqwest::Error> {
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let mut query = vec![("scope", scope)];
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        let mut request = self.http.get(realm).query(&query);
+        if let RegistryAuth::Basic(user, password) = auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await?;
+        if !response.status().is_success() {
+            return Ok(None);
+        }
+        let token: Token = response.json().await?;
+        Ok(token.token.or(token.access_token))
+    }
+}
+
+/// A `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Challenge {
+    /// `Bearer realm="...",service="...",scope="..."`.
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+    /// `Basic realm="..."`, or anything else.
+    Other,
+}
+
+impl Challenge {
+    fn parse(header: &str) -> Challenge {
+        let Some(params) = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+        else {
+            return Challenge::Other;
+        };
+        let mut realm = None;
+        let mut service = None;
+        let mut scope = None;
+        // key="value" pairs, commas between them; values may contain commas (scopes do), never quotes.
+        let mut rest = params.trim();
+        while let Some((key, after)) = rest.split_once('=') {
+            let key = key.trim().trim_start_matches(',').trim();
+            let (value, next) = match after.strip_prefix('"') {
+                Some(quoted) => match quoted.split_once('"') {
+                    Some((v, next)) => (v, next),
+                    None => (quoted, ""),
+                },
+                None => after.split_once(',').unwrap_or((after, "")),
+            };
+            match key {
+                "realm" => realm = Some(value.to_owned()),
+                "service" => service = Some(value.to_owned()),
+                "scope" => scope = Some(value.to_owned()),
+                _ => {}
+            }
+            rest = next;
+        }
+        match realm {
+            Some(realm) => Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            },
+            None => Challenge::Other,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -671,6 +933,30 @@ mod tests {
         );
         assert_eq!(status_detail(&server(500, "")), "(no details)");
         assert!(status_detail(&server(500, &"x".repeat(500))).ends_with('…'));
+    }
+
+    #[test]
+    fn challenges() {
+        assert_eq!(
+            Challenge::parse(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:delete,pull""#
+            ),
+            Challenge::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("registry.example".into()),
+                scope: Some("repository:a/b:delete,pull".into()),
+            }
+        );
+        assert_eq!(
+            Challenge::parse(r#"Bearer realm="https://r/t""#),
+            Challenge::Bearer {
+                realm: "https://r/t".into(),
+                service: None,
+                scope: None
+            }
+        );
+        assert_eq!(Challenge::parse(r#"Basic realm="x""#), Challenge::Other);
+        assert_eq!(Challenge::parse("Bearer error=\"x\""), Challenge::Other);
     }
 
     #[test]

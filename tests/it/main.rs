@@ -13,6 +13,8 @@ mod ci;
 mod cli;
 /// Context selection: Docker's `.dockerignore` semantics, golden entry lists.
 mod context;
+/// Deploying what changed to ECS, `gc` of content tags, ECR lifecycle policies (moto, the registry that deletes).
+mod deploy;
 /// Context selection against BuildKit's own Go code (hack/oracle), on random trees and ignore files.
 mod differential;
 /// What changed, said on any runner: the input manifest stored beside each image in the registry.
