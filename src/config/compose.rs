@@ -1578,6 +1578,339 @@ mod tests {
         assert!(err.starts_with("c.yaml:"), "{err}");
     }
 
+    use crate::config::{LoadOptions, NamedContext, Workspace};
+
+    /// A directory with `files`, and the workspace of its `compose.yaml` (or `buildopt.toml` when there is one) read
+    /// with `env`; errors and paths with the directory as `[ROOT]`.
+    fn load(
+        files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Result<Workspace, String>) {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let lookup = |n: &str| {
+            env.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        let options = LoadOptions {
+            env: &lookup,
+            ..LoadOptions::default()
+        };
+        let ws = Workspace::discover_with(dir.path(), &options).map_err(|e| {
+            e.to_string()
+                .replace(&dir.path().display().to_string(), "[ROOT]")
+        });
+        (dir, ws)
+    }
+
+    #[test]
+    fn compose_keys_map_onto_services() {
+        let compose = r#"
+x-labels: &labels
+  team: shop
+services:
+  base:
+    image: ${REGISTRY}/team/base:${TAG:-dev}
+    build:
+      context: ./base
+      dockerfile_inline: |
+        FROM scratch
+        COPY b /
+      shm_size: 1g
+  app:
+    image: ${REGISTRY}/team/app
+    platform: linux/arm64
+    build:
+      context: app
+      dockerfile: docker/Dockerfile.prod
+      target: runtime
+      args:
+        - PROFILE=release
+        - FROM_ENV
+        - NOT_SET
+      labels:
+        <<: *labels
+        version: 1.10
+      tags: ["${REGISTRY}/team/app:v1", "${REGISTRY}/team/app:${MISSING}x"]
+      additional_contexts:
+        base: service:base
+        assets: ./shared/assets
+        alpine: docker-image://alpine:3.20
+      secrets:
+        - npm
+        - source: token
+          target: gh_token
+      ssh: [default, "deploy=~/keys/id"]
+      cache_from: ["type=registry,ref=${REGISTRY}/team/app:cache-main", "${REGISTRY}/team/base:cache"]
+      cache_to: ["type=registry,ref=${REGISTRY}/team/app:cache-pr,mode=max"]
+  plain:
+    build: ./plain
+  db:
+    image: postgres:16
+    ports: ["5432:5432"]
+secrets:
+  npm:
+    file: ./secrets/npmrc
+  token:
+    environment: GH_TOKEN
+"#;
+        let (dir, ws) = load(
+            &[
+                ("compose.yaml", compose),
+                (
+                    ".env",
+                    "REGISTRY=127.0.0.1:5000\nTAG=from-dotenv\nFROM_ENV=dotenv\n",
+                ),
+                ("base/b", ""),
+                ("app/docker/Dockerfile.prod", "FROM base\n"),
+                ("shared/assets/a", ""),
+                ("plain/Dockerfile", "FROM scratch\n"),
+            ],
+            &[("TAG", "from-env"), ("HOME", "/home/me")],
+        );
+        let ws = ws.unwrap();
+        let root = dir.path();
+        let registry = ws.registry.as_ref().unwrap();
+        assert_eq!(
+            (registry.url.as_str(), registry.insecure),
+            ("127.0.0.1:5000", true)
+        );
+        assert_eq!(ws.config_path, root.join("compose.yaml"));
+        let names: Vec<&str> = ws.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["base", "app", "plain"]);
+
+        let base = ws.service("base").unwrap();
+        assert_eq!(base.image, "team/base");
+        assert_eq!(base.tags, ["from-env"], "the environment before .env");
+        assert_eq!(base.context, root.join("base"));
+        assert!(
+            base.dockerfile
+                .starts_with(root.join(".build-cache/inline"))
+        );
+        assert_eq!(
+            std::fs::read_to_string(&base.dockerfile).unwrap(),
+            "FROM scratch\nCOPY b /\n"
+        );
+
+        let app = ws.service("app").unwrap();
+        assert_eq!(app.image, "team/app");
+        assert_eq!(app.tags, ["latest", "v1", "x"]);
+        assert_eq!(app.dockerfile, root.join("app/docker/Dockerfile.prod"));
+        assert_eq!(app.target.as_deref(), Some("runtime"));
+        assert_eq!(app.platforms, ["linux/arm64"]);
+        let args: Vec<(&str, &str)> = app
+            .build_args
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(args, [("FROM_ENV", "dotenv"), ("PROFILE", "release")]);
+        let labels: Vec<(&str, &str)> = app
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(labels, [("team", "shop"), ("version", "1.10")]);
+        assert_eq!(app.depends_on, ["base"]);
+        assert_eq!(
+            app.contexts["base"],
+            NamedContext::Service("base".to_owned())
+        );
+        assert_eq!(
+            app.contexts["assets"],
+            NamedContext::Local(root.join("shared/assets"))
+        );
+        assert_eq!(
+            app.contexts["alpine"],
+            NamedContext::Remote("docker-image://alpine:3.20".to_owned())
+        );
+        let secrets: Vec<String> = app.secrets.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            secrets,
+            [
+                format!("id=npm,src={}", root.join("secrets/npmrc").display()),
+                "id=gh_token,env=GH_TOKEN".to_owned()
+            ]
+        );
+        let ssh: Vec<String> = app.ssh.iter().map(ToString::to_string).collect();
+        assert_eq!(ssh, ["default", "deploy=/home/me/keys/id"]);
+        assert_eq!(app.cache_tag, "cache-pr");
+        assert_eq!(app.cache_mode, crate::config::CacheMode::Max);
+        assert_eq!(
+            app.cache_from,
+            ["cache-main", "127.0.0.1:5000/team/base:cache"]
+        );
+
+        let plain = ws.service("plain").unwrap();
+        assert_eq!(
+            (plain.image.as_str(), &plain.tags[..]),
+            ("plain", &["latest".to_owned()][..])
+        );
+        assert_eq!(plain.cache_tag, "cache");
+
+        let warnings: Vec<String> = ws
+            .warnings
+            .iter()
+            .map(|w| w.replace(&root.display().to_string(), "[ROOT]"))
+            .collect();
+        assert_eq!(
+            warnings,
+            [
+                "[ROOT]/compose.yaml:12: `services.base.build.shm_size` is not applied: buildopt leaves RUN steps the daemon's defaults; it does not change what the steps produce",
+                "[ROOT]/compose.yaml:27: `services.app.build.tags`: variable `MISSING` is not set, so it is an empty string (as Compose reads it); set it in the environment or in .env",
+            ]
+        );
+    }
+
+    #[test]
+    fn mistakes_name_the_compose_file_line_and_key() {
+        let service = |build: &str| {
+            format!(
+                "services:\n  app:\n    image: 127.0.0.1:5000/app\n    build:\n      context: app\n{build}"
+            )
+        };
+        for (build, expected) in [
+            (
+                "      extra_hosts: [\"db:10.0.0.2\"]\n",
+                "[ROOT]/compose.yaml:6: `services.app.build.extra_hosts` is not supported",
+            ),
+            (
+                "      cache_to: [\"type=gha\"]\n",
+                "[ROOT]/compose.yaml:6: `services.app.build.cache_to`: `type=gha`: buildopt exports registry caches only",
+            ),
+            (
+                "      platforms: [linux/amd64,\n        linux/amd46]\n",
+                "[ROOT]/compose.yaml:7: `services.app.build.platforms`: invalid platform `linux/amd46`",
+            ),
+            (
+                "      tags: [127.0.0.1:5000/other:1]\n",
+                "[ROOT]/compose.yaml:6: `services.app.build.tags`: `127.0.0.1:5000/other:1` is not in the repository",
+            ),
+            (
+                "      dockerfile: nope\n",
+                "[ROOT]/compose.yaml:6: `services.app.build.dockerfile`: no file `[ROOT]/app/nope`",
+            ),
+            (
+                "      additional_contexts: [x=service:nosuch]\n",
+                "[ROOT]/compose.yaml:6: `services.app.build.additional_contexts`: `service:nosuch`: no other service",
+            ),
+            (
+                "      secrets: [nosuch]\n",
+                "[ROOT]/compose.yaml:6: `services.app.build.secrets`: secret `nosuch` is not defined",
+            ),
+            (
+                "      dockerfle: x\n",
+                "[ROOT]/compose.yaml:6: `services.app.build` has an unknown key `dockerfle`",
+            ),
+            (
+                "      network: mynet\n",
+                "[ROOT]/compose.yaml:6: `services.app.build.network`: network `mynet`",
+            ),
+        ] {
+            let (_dir, ws) = load(
+                &[
+                    ("compose.yaml", &service(build)),
+                    ("app/Dockerfile", "FROM scratch\n"),
+                ],
+                &[],
+            );
+            let err = ws.unwrap_err();
+            assert!(err.starts_with(expected), "{build}: {err}");
+        }
+        let (_dir, ws) = load(
+            &[
+                (
+                    "compose.yaml",
+                    "services:\n  a:\n    image: r1.example.com/a\n    build: a\n  b:\n    image: r2.example.com/b\n    build: a\n",
+                ),
+                ("a/Dockerfile", "FROM scratch\n"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            ws.unwrap_err(),
+            "[ROOT]/compose.yaml:6: `services.b.image`: registry `r2.example.com` is not `r1.example.com`, the registry of service `a`; buildopt pushes every service to one registry"
+        );
+    }
+
+    #[test]
+    fn buildopt_toml_keys_win_over_the_compose_file() {
+        let toml = "[registry]\nurl = \"registry.example.com/team\"\n\n[compose]\nfile = \"deploy/compose.yaml\"\n\n[services.app]\ntags = [\"${SHA}\"]\nbuild_args = { MODE = \"toml\" }\n\n[services.tool]\ncontext = \"tool\"\n";
+        let compose = "services:\n  app:\n    image: registry.example.com/team/app:compose\n    build:\n      context: ../app\n      args: {MODE: compose, OTHER: \"$$literal\"}\n      network: host\n";
+        let (dir, ws) = load(
+            &[
+                ("buildopt.toml", toml),
+                ("deploy/compose.yaml", compose),
+                ("app/Dockerfile", "FROM scratch\n"),
+                ("tool/Dockerfile", "FROM scratch\n"),
+            ],
+            &[("SHA", "abc")],
+        );
+        let ws = ws.unwrap();
+        assert_eq!(ws.config_path, dir.path().join("buildopt.toml"));
+        assert_eq!(
+            ws.compose_file.as_deref(),
+            Some(&*dir.path().join("deploy/compose.yaml"))
+        );
+        assert_eq!(
+            ws.registry.as_ref().unwrap().url,
+            "registry.example.com/team"
+        );
+        assert!(!ws.registry.as_ref().unwrap().insecure);
+        assert_eq!(ws.buildkit_network.as_deref(), Some("host"));
+        let app = ws.service("app").unwrap();
+        assert_eq!(app.image, "app");
+        assert_eq!(app.tags, ["abc"]);
+        assert_eq!(app.context, dir.path().join("app"));
+        assert_eq!(app.build_args["MODE"], "toml");
+        assert_eq!(
+            app.build_args["OTHER"], "$literal",
+            "interpolated once, the compose way"
+        );
+        assert!(ws.service("tool").is_some());
+
+        // An image in another registry than [registry]'s is named.
+        let (_dir, ws) = load(
+            &[
+                (
+                    "buildopt.toml",
+                    "[registry]\nurl = \"127.0.0.1:5000\"\n[compose]\nfile = \"compose.yaml\"\n",
+                ),
+                (
+                    "compose.yaml",
+                    "services:\n  app:\n    image: 127.0.0.1:5001/app\n    build: .\n",
+                ),
+                ("Dockerfile", "FROM scratch\n"),
+            ],
+            &[],
+        );
+        assert!(
+            ws.unwrap_err().starts_with("[ROOT]/compose.yaml:3: `services.app.image`: `127.0.0.1:5001/app` is not in the registry `127.0.0.1:5000`"),
+        );
+    }
+
+    #[test]
+    fn a_compose_file_is_found_where_no_buildopt_toml_is() {
+        let files = [
+            ("docker-compose.yml", "services:\n  app:\n    build: .\n"),
+            ("Dockerfile", "FROM scratch\n"),
+        ];
+        let (dir, ws) = load(&files, &[]);
+        assert_eq!(
+            ws.unwrap().config_path,
+            dir.path().join("docker-compose.yml")
+        );
+        let toml = ("buildopt.toml", "[services.other]\ncontext = \".\"\n");
+        let (_dir, ws) = load(&[files[0], files[1], toml], &[]);
+        let ws = ws.unwrap();
+        assert_eq!(ws.services[0].name, "other", "buildopt.toml first");
+        assert!(ws.compose_file.is_none());
+    }
+
     #[test]
     fn secret_specs_quote_commas() {
         assert_eq!(csv_quote_fields("id=a,src=/p"), "id=a,src=/p");
