@@ -1792,7 +1792,7 @@ secrets:
             ),
             (
                 "      dockerfile: nope\n",
-                "[ROOT]/compose.yaml:6: `services.app.build.dockerfile`: no file `[ROOT]/app/nope`",
+                "[ROOT]/compose.yaml:6: `services.app.build.dockerfile`: no file `[ROOT]/app/nope`; fix the path\n",
             ),
             (
                 "      additional_contexts: [x=service:nosuch]\n",
@@ -1818,7 +1818,7 @@ secrets:
                 ],
                 &[],
             );
-            let err = ws.unwrap_err();
+            let err = ws.unwrap_err() + "\n";
             assert!(err.starts_with(expected), "{build}: {err}");
         }
         let (_dir, ws) = load(

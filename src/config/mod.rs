@@ -1652,16 +1652,24 @@ fn merge_compose(
     }
 }
 
-/// A message about a compose file's service in its own key names: `services.app.build_args` is
-/// `services.app.build.args`.
+/// A message about a compose file's service in its own key names (`services.app.build_args` is
+/// `services.app.build.args`), without the note that paths are relative to `buildopt.toml`: a compose file's paths
+/// are made whole, and shown so.
 fn compose_key_names(message: &str) -> String {
+    let message = match message.find(" (it is relative to ") {
+        Some(start) => match message[start..].find(')') {
+            Some(len) => format!("{}{}", &message[..start], &message[start + len + 1..]),
+            None => message.to_owned(),
+        },
+        None => message.to_owned(),
+    };
     static KEY: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(
             r"`services\.([A-Za-z0-9._-]+?)\.(context|dockerfile_inline|dockerfile|tags|cache_to|cache_from|target|build_args|platforms|labels|contexts|secrets|ssh|depends_on)\b",
         )
         .expect("a valid pattern")
     });
-    KEY.replace_all(message, |c: &regex::Captures<'_>| {
+    KEY.replace_all(&message, |c: &regex::Captures<'_>| {
         let compose = match &c[2] {
             "build_args" => "args",
             "contexts" | "depends_on" => "additional_contexts",
