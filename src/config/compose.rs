@@ -735,6 +735,13 @@ impl Reader<'_> {
                 read.push(svc);
             }
         }
+        if read.is_empty() {
+            let line = root.get("services").map_or(root.line, |s| s.line);
+            self.warn(
+                line,
+                "no service has a `build:`: there is nothing to build".to_owned(),
+            );
+        }
 
         // The registry: buildopt.toml's, else the one host the images name.
         let mut registry: Option<(String, bool, usize)> = None;
@@ -1890,6 +1897,23 @@ secrets:
         );
         assert!(
             ws.unwrap_err().starts_with("[ROOT]/compose.yaml:3: `services.app.image`: `127.0.0.1:5001/app` is not in the registry `127.0.0.1:5000`"),
+        );
+    }
+
+    #[test]
+    fn a_compose_file_without_builds_says_so() {
+        let (dir, ws) = load(
+            &[("compose.yaml", "services:\n  db:\n    image: postgres:16\n")],
+            &[],
+        );
+        let ws = ws.unwrap();
+        assert!(ws.services.is_empty());
+        assert_eq!(
+            ws.warnings,
+            [format!(
+                "{}:1: no service has a `build:`: there is nothing to build",
+                dir.path().join("compose.yaml").display()
+            )]
         );
     }
 
