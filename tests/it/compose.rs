@@ -89,7 +89,7 @@ fn shop_compose_file_is_its_buildopt_toml() {
     );
     let latest = s.manifest(&frontend, "latest").expect("frontend:latest");
     assert_eq!(s.manifest(&frontend, "0.7.0"), Some(latest), "build.tags");
-    assert!(s.manifest(&frontend, "cache").is_some(), "build.cache_to");
+    assert!(s.manifest(&frontend, "cache").is_some(), "the cache tag");
     assert!(s.manifest(&backend, "latest").is_some());
     let config_digest = s.image_manifest(&frontend, "latest")["config"]["digest"]
         .as_str()
