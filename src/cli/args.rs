@@ -31,6 +31,17 @@ pub struct GlobalArgs {
     /// The config file [default: buildopt.toml in the current directory or a parent].
     #[arg(long, global = true, env = "BUILDOPT_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// A compose file (compose.yaml, docker-compose.yml) whose services with a `build:` to build: alone, or with
+    /// --config in place of the file's `[compose] file` [default: buildopt.toml, else a compose file, in the current
+    /// directory or the nearest parent that has one].
+    #[arg(
+        long,
+        short = 'f',
+        global = true,
+        env = "BUILDOPT_COMPOSE_FILE",
+        value_name = "PATH"
+    )]
+    pub file: Option<PathBuf>,
     /// How to show build progress.
     #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto, env = "BUILDOPT_PROGRESS")]
     pub progress: ProgressMode,

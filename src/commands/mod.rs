@@ -127,39 +127,37 @@ impl<T, E: Into<Error>> Context<T> for Result<T, E> {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli, printer: Printer) -> Result<ExitStatus, Error> {
-    let config = cli.global.config.as_ref();
-    let sets = &cli.global.sets;
+    let source = Source {
+        config: cli.global.config.as_deref(),
+        compose: cli.global.file.as_deref(),
+        sets: &cli.global.sets,
+        printer,
+    };
+    let load_workspace = || load_workspace(&source);
+    let optional_workspace = || optional_workspace(&source);
     match &cli.command {
-        Command::Hash(args) => hash::run(&load_workspace(config, sets)?, args, printer),
-        Command::Plan(args) => plan::run(&load_workspace(config, sets)?, args, printer),
+        Command::Hash(args) => hash::run(&load_workspace()?, args, printer),
+        Command::Plan(args) => plan::run(&load_workspace()?, args, printer),
         Command::Build(args) => {
-            let mut ws = load_workspace(config, sets)?;
+            let mut ws = load_workspace()?;
             ws.add_tags(&args.tags)?;
             ws.add_mounts(&args.secrets, &args.ssh, &std::env::current_dir()?)?;
             deploy::check_build(&ws, args)?;
             build::run(&ws, args, printer, cli.global.progress)
         }
-        Command::Deploy(args) => deploy::run(&load_workspace(config, sets)?, args, printer),
-        Command::Gc(args) => gc::run(&load_workspace(config, sets)?, args, printer),
-        Command::EcrLifecycle(args) => {
-            ecr_lifecycle::run(&load_workspace(config, sets)?, args, printer)
-        }
+        Command::Deploy(args) => deploy::run(&load_workspace()?, args, printer),
+        Command::Gc(args) => gc::run(&load_workspace()?, args, printer),
+        Command::EcrLifecycle(args) => ecr_lifecycle::run(&load_workspace()?, args, printer),
         // The daemon commands work without a config; one is used for `[buildkit] addr` when present.
         Command::Doctor(args) => block_on(daemon::doctor(
             args,
-            optional_workspace(config, sets)?.as_ref(),
+            optional_workspace()?.as_ref(),
             printer,
         )),
-        Command::Du(args) => block_on(daemon::du(
-            args,
-            optional_workspace(config, sets)?.as_ref(),
-            printer,
-        )),
-        Command::Prune(args) => block_on(daemon::prune(
-            args,
-            optional_workspace(config, sets)?.as_ref(),
-            printer,
-        )),
+        Command::Du(args) => block_on(daemon::du(args, optional_workspace()?.as_ref(), printer)),
+        Command::Prune(args) => {
+            block_on(daemon::prune(args, optional_workspace()?.as_ref(), printer))
+        }
     }
 }
 
@@ -174,34 +172,48 @@ fn block_on<T>(fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> 
     result
 }
 
+/// Where the config comes from: `--config`, `--file` (a compose file), `--set`.
+struct Source<'a> {
+    config: Option<&'a Path>,
+    compose: Option<&'a Path>,
+    sets: &'a [String],
+    printer: Printer,
+}
+
 /// The workspace when one is given or found; none (not an error) when there is no config at all.
-fn optional_workspace(
-    config: Option<&PathBuf>,
-    sets: &[String],
-) -> Result<Option<Workspace>, Error> {
-    let options = LoadOptions {
-        sets,
-        ..LoadOptions::default()
-    };
-    match config {
-        Some(path) => Ok(Some(Workspace::load_with(path, &options)?)),
-        None => match Workspace::discover_with(&std::env::current_dir()?, &options) {
-            Ok(ws) => Ok(Some(ws)),
-            Err(ConfigError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        },
+fn optional_workspace(source: &Source<'_>) -> Result<Option<Workspace>, Error> {
+    match load_workspace(source) {
+        Ok(ws) => Ok(Some(ws)),
+        Err(e)
+            if e.inner
+                .downcast_ref::<ConfigError>()
+                .is_some_and(|c| matches!(c, ConfigError::NotFound(_))) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
-fn load_workspace(config: Option<&PathBuf>, sets: &[String]) -> Result<Workspace, Error> {
+/// The workspace given or found, its warnings shown.
+fn load_workspace(source: &Source<'_>) -> Result<Workspace, Error> {
+    use std::io::Write as _;
+    let cwd = std::env::current_dir()?;
+    let compose = source.compose.map(|c| cwd.join(c));
     let options = LoadOptions {
-        sets,
+        sets: source.sets,
+        compose_file: compose.as_deref(),
         ..LoadOptions::default()
     };
-    Ok(match config {
+    let ws = match source.config {
         Some(path) => Workspace::load_with(path, &options)?,
-        None => Workspace::discover_with(&std::env::current_dir()?, &options)?,
-    })
+        None => Workspace::discover_with(&cwd, &options)?,
+    };
+    let mut err = source.printer.errors();
+    for w in &ws.warnings {
+        writeln!(err, "warning: {w}")?;
+    }
+    Ok(ws)
 }
 
 /// buildopt's own files in a workspace, never part of any context: the cache directory (first), and the CI output
@@ -364,8 +376,13 @@ pub(crate) async fn aws_ecr(
 /// The `[registry]` of a command that needs one, or a usage error naming the command.
 fn need_registry<'a>(ws: &'a Workspace, command: &str) -> Result<&'a Registry, Error> {
     ws.registry.as_ref().ok_or_else(|| {
+        let hint = if ws.compose_file.as_ref() == Some(&ws.config_path) {
+            " (in a compose file: an `image:` naming its registry, e.g. `registry.example.com/team/app`)"
+        } else {
+            ""
+        };
         Error::usage(format!(
-            "{}: `buildopt {command}` needs a [registry] with a `url`",
+            "{}: `buildopt {command}` needs a [registry] with a `url`{hint}",
             ws.config_path.display()
         ))
     })

@@ -4,8 +4,12 @@
 //! value is interpolated (`${VAR}`, see [`vars`]) before the tree is read into the schema and validated, so an
 //! overridden or interpolated value is checked like any other. Every error names the file, the line and the key
 //! (or the `--set` it came from), and says what to do. Nothing here panics on bad input.
+//!
+//! A compose file ([`compose`]) is read into the same tree, as the services of a config of its own (when there is no
+//! `buildopt.toml`, or `--file`) or under those of `buildopt.toml` (`[compose] file`), whose keys win.
 
 pub mod builders;
+pub mod compose;
 pub mod mounts;
 pub mod output;
 pub mod vars;
@@ -29,7 +33,7 @@ pub const CONFIG_FILE: &str = "buildopt.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// No config file in the current directory or any parent.
-    #[error("no {CONFIG_FILE} in {} or any parent directory; create one or pass --config PATH", .0.display())]
+    #[error("no {CONFIG_FILE} (or compose.yaml) in {} or any parent directory; create one, or pass --config PATH or --file COMPOSE_FILE", .0.display())]
     NotFound(PathBuf),
     /// The file could not be read.
     #[error("cannot read {}", path.display())]
@@ -99,6 +103,18 @@ struct FileConfig {
     buildkit: Option<builders::BuildkitToml>,
     #[serde(default)]
     services: BTreeMap<Spanned<String>, Spanned<ServiceToml>>,
+    /// `[compose] file`: read before deserializing (its services are merged into `services`); here for the check of
+    /// its keys.
+    #[allow(dead_code)]
+    compose: Option<ComposeToml>,
+}
+
+/// `[compose]`: a compose file whose services are merged under those of `buildopt.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComposeToml {
+    #[allow(dead_code)]
+    file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +143,8 @@ struct EcrLifecycleToml {
 struct ServiceToml {
     context: Spanned<String>,
     dockerfile: Option<Spanned<String>>,
+    /// The Dockerfile's text, instead of a file (compose's `dockerfile_inline`, bake's `dockerfile-inline`).
+    dockerfile_inline: Option<Spanned<String>>,
     image: Option<Spanned<String>>,
     tags: Option<Vec<Spanned<String>>>,
     cache_tag: Option<Spanned<String>>,
@@ -440,6 +458,11 @@ pub struct Workspace {
     pub buildkit_network: Option<String>,
     /// Services, dependencies before dependents, otherwise by name.
     pub services: Vec<Service>,
+    /// The compose file read (alone, or under `buildopt.toml`), if any.
+    pub compose_file: Option<PathBuf>,
+    /// What was read but not applied (compose keys buildopt does not do, unset variables), one line each, located:
+    /// for the commands to show.
+    pub warnings: Vec<String>,
 }
 
 /// How a config is read: the `--set` overrides to apply, and where variables get their values.
@@ -448,6 +471,9 @@ pub struct LoadOptions<'a> {
     pub sets: &'a [String],
     /// A variable's value (the process environment, normally).
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// A compose file (`--file`; absolute, or relative to the current directory): read alone, or, with a
+    /// `buildopt.toml`, instead of its `[compose] file`.
+    pub compose_file: Option<&'a Path>,
 }
 
 impl Default for LoadOptions<'_> {
@@ -455,25 +481,37 @@ impl Default for LoadOptions<'_> {
         LoadOptions {
             sets: &[],
             env: &|name| std::env::var(name).ok(),
+            compose_file: None,
         }
     }
 }
 
 impl Workspace {
-    /// Finds `buildopt.toml` in `start` or a parent directory.
+    /// Finds `buildopt.toml` in `start` or a parent directory, else a compose file (`compose.yaml`,
+    /// `docker-compose.yml`, ...): the nearest directory with either wins, `buildopt.toml` first in it.
     pub fn discover(start: &Path) -> Result<Workspace, ConfigError> {
         Workspace::discover_with(start, &LoadOptions::default())
     }
 
-    /// [`Workspace::discover`] with overrides.
+    /// [`Workspace::discover`] with overrides; with `compose_file` set, that file alone, found nowhere.
     pub fn discover_with(
         start: &Path,
         options: &LoadOptions<'_>,
     ) -> Result<Workspace, ConfigError> {
+        if let Some(compose) = options.compose_file {
+            return Workspace::load_compose(&start.join(compose), options);
+        }
         for dir in start.ancestors() {
             let candidate = dir.join(CONFIG_FILE);
             if candidate.is_file() {
                 return Workspace::load_with(&candidate, options);
+            }
+            if let Some(found) = compose::COMPOSE_FILES
+                .iter()
+                .map(|f| dir.join(f))
+                .find(|p| p.is_file())
+            {
+                return Workspace::load_compose(&found, options);
             }
         }
         Err(ConfigError::NotFound(start.to_owned()))
@@ -484,8 +522,11 @@ impl Workspace {
         Workspace::load_with(path, &LoadOptions::default())
     }
 
-    /// [`Workspace::load`] with overrides.
+    /// [`Workspace::load`] with overrides. A `.yaml` / `.yml` path is a compose file, read alone.
     pub fn load_with(path: &Path, options: &LoadOptions<'_>) -> Result<Workspace, ConfigError> {
+        if compose::is_compose_path(path) && options.compose_file.is_none() {
+            return Workspace::load_compose(path, options);
+        }
         let text = fs_err::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -495,7 +536,30 @@ impl Workspace {
             source,
         })?;
         let root = abs.parent().map(Path::to_owned).unwrap_or_default();
-        Workspace::parse_with(&text, &abs, &root, options)
+        let compose = match options.compose_file {
+            Some(c) => Some(std::path::absolute(c).map_err(|source| ConfigError::Read {
+                path: c.to_owned(),
+                source,
+            })?),
+            None => None,
+        };
+        Workspace::parse_inner(&text, &abs, &root, options, compose.as_deref())
+    }
+
+    /// Loads the compose file at `path` alone: its directory is the root.
+    pub fn load_compose(path: &Path, options: &LoadOptions<'_>) -> Result<Workspace, ConfigError> {
+        let abs = std::path::absolute(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !abs.is_file() {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        let root = abs.parent().map(Path::to_owned).unwrap_or_default();
+        Workspace::parse_inner("", &abs, &root, options, Some(&abs))
     }
 
     /// Parses config `text` as if it were the file `path` in directory `root`.
@@ -503,12 +567,25 @@ impl Workspace {
         Workspace::parse_with(text, path, root, &LoadOptions::default())
     }
 
-    /// [`Workspace::parse`] with overrides.
+    /// [`Workspace::parse`] with overrides (`compose_file` relative to `root`).
     pub fn parse_with(
         text: &str,
         path: &Path,
         root: &Path,
         options: &LoadOptions<'_>,
+    ) -> Result<Workspace, ConfigError> {
+        let compose = options.compose_file.map(|c| root.join(c));
+        Workspace::parse_inner(text, path, root, options, compose.as_deref())
+    }
+
+    /// Parses `text` (`buildopt.toml`, empty for a compose file alone) with the compose file `compose` (absolute),
+    /// else the one its `[compose] file` names, if any.
+    fn parse_inner(
+        text: &str,
+        path: &Path,
+        root: &Path,
+        options: &LoadOptions<'_>,
+        compose: Option<&Path>,
     ) -> Result<Workspace, ConfigError> {
         use serde::de::IntoDeserializer as _;
         // The overrides are placed after the file's text as comments (TOML ignores them), so that values made from
@@ -526,12 +603,62 @@ impl Workspace {
             file_len: text.len(),
             sets: &set_spans,
             path,
+            compose: None,
         };
-        let toml_error = |e: toml::de::Error| match e.span() {
-            Some(s) => at.err(s, e.message().trim_end().to_owned()),
-            None => at.err_line(1, e.message().trim_end().to_owned()),
+        let mut table = toml::de::DeTable::parse(&located).map_err(|e| at.toml_error(e))?;
+        // `[registry]` and `[compose]` first: the compose file is read with them. The rest after the overrides, so
+        // that a value a `--set` replaces is not looked at.
+        let early = |key: &str| key.starts_with("registry.") || key.starts_with("compose.");
+        interpolate_table(table.get_mut(), "", options.env, &at, &|key, _| early(key))?;
+
+        let compose_path = match compose {
+            Some(c) => Some((c.to_owned(), None)),
+            None => peek_str(table.get_ref(), &["compose", "file"])
+                .map(|(f, span)| (root.join(f), Some(span))),
         };
-        let mut table = toml::de::DeTable::parse(&located).map_err(toml_error)?;
+        let mut import = None;
+        if let Some((cpath, span)) = compose_path {
+            if !cpath.is_file() {
+                let message = format!("no compose file `{}`", cpath.display());
+                return Err(match span {
+                    Some(span) => at.err(
+                        span,
+                        format!(
+                            "`compose.file`: {message}; fix the path (it is relative to {})",
+                            root.display()
+                        ),
+                    ),
+                    None => ConfigError::Read {
+                        path: cpath,
+                        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                    },
+                });
+            }
+            let registry =
+                peek_str(table.get_ref(), &["registry", "url"]).map(|(u, _)| u.to_owned());
+            import = Some(compose::import(
+                &cpath,
+                located.len() + 1,
+                options.env,
+                registry.as_deref(),
+            )?);
+        }
+        let (compose_text, warnings) = match import {
+            Some(i) => {
+                merge_compose(table.get_mut(), i.services, i.registry, i.network);
+                (Some((i.base, i.text, i.path)), i.warnings)
+            }
+            None => (None, Vec::new()),
+        };
+        let at = Locator {
+            compose: compose_text.as_ref().map(|(base, text, path)| ComposeText {
+                base: *base,
+                text,
+                path,
+            }),
+            ..at
+        };
+        let toml_error = |e: toml::de::Error| at.toml_error(e);
         for (span, set) in &set_spans {
             apply_set(table.get_mut(), &located[span.clone()], span.clone()).map_err(
                 |message| ConfigError::Override {
@@ -540,7 +667,10 @@ impl Workspace {
                 },
             )?;
         }
-        interpolate_table(table.get_mut(), "", options.env, &at)?;
+        // A compose file's values are interpolated already, its own way.
+        interpolate_table(table.get_mut(), "", options.env, &at, &|key, span| {
+            at.is_set(span.clone()) || (span.start < at.file_len && !early(key))
+        })?;
         let file = FileConfig::deserialize(table.into_deserializer()).map_err(toml_error)?;
 
         let registry = match file.registry {
@@ -611,8 +741,28 @@ impl Workspace {
                     ),
                 ));
             }
-            let dockerfile = match &svc.dockerfile {
-                Some(d) => {
+            let dockerfile = match (&svc.dockerfile, &svc.dockerfile_inline) {
+                (Some(_), Some(inline)) => {
+                    return Err(at.err(
+                        inline.span(),
+                        format!(
+                            "{} and {} both give the Dockerfile; keep one",
+                            key("dockerfile"),
+                            key("dockerfile_inline")
+                        ),
+                    ));
+                }
+                (None, Some(inline)) => inline_dockerfile(root, inline.get_ref()).map_err(|e| {
+                    at.err(
+                        inline.span(),
+                        format!(
+                            "{}: cannot write it under {}: {e}",
+                            key("dockerfile_inline"),
+                            root.join(crate::commands::CACHE_DIR).display()
+                        ),
+                    )
+                })?,
+                (Some(d), None) => {
                     let p = root.join(d.get_ref());
                     if !p.is_file() {
                         return Err(at.err(
@@ -627,7 +777,7 @@ impl Workspace {
                     }
                     p
                 }
-                None => {
+                (None, None) => {
                     let p = context.join("Dockerfile");
                     if !p.is_file() {
                         return Err(at.err(
@@ -946,6 +1096,8 @@ impl Workspace {
             builders,
             buildkit_network,
             services,
+            compose_file: compose_text.map(|(_, _, p)| p),
+            warnings,
         })
     }
 
@@ -1084,9 +1236,31 @@ struct Locator<'a> {
     /// The span of each `--set` in `text`.
     sets: &'a [(std::ops::Range<usize>, String)],
     path: &'a Path,
+    /// The compose file read, whose values' spans start at its `base` (past `text`).
+    compose: Option<ComposeText<'a>>,
+}
+
+/// A compose file's text, placed after the config's text and overrides in a [`Locator`]'s offsets.
+#[derive(Clone, Copy)]
+struct ComposeText<'a> {
+    base: usize,
+    text: &'a str,
+    path: &'a Path,
 }
 
 impl Locator<'_> {
+    /// Whether the value at `span` comes from a `--set`.
+    fn is_set(&self, span: std::ops::Range<usize>) -> bool {
+        span.start >= self.file_len && self.compose.is_none_or(|c| span.start < c.base)
+    }
+
+    fn toml_error(&self, e: toml::de::Error) -> ConfigError {
+        match e.span() {
+            Some(s) => self.err(s, e.message().trim_end().to_owned()),
+            None => self.err_line(1, e.message().trim_end().to_owned()),
+        }
+    }
+
     fn line(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
         self.text.as_bytes()[..end]
@@ -1097,6 +1271,21 @@ impl Locator<'_> {
     }
 
     fn err(&self, span: std::ops::Range<usize>, message: String) -> ConfigError {
+        if let Some(c) = self.compose
+            && span.start >= c.base
+        {
+            let rel = (span.start - c.base).min(c.text.len());
+            let line = c.text.as_bytes()[..rel]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            return ConfigError::Invalid {
+                path: c.path.to_owned(),
+                line,
+                message: compose_key_names(&message),
+            };
+        }
         if span.start >= self.file_len
             && let Some((_, set)) = self.sets.iter().find(|(s, _)| s.contains(&span.start))
         {
@@ -1270,7 +1459,7 @@ fn by_id<T: ById>(
         let entry =
             parse(item.get_ref()).map_err(|m| at.err(span.clone(), format!("{key}: {m}")))?;
         match out.iter().position(|e| e.id() == entry.id()) {
-            Some(i) if span.start >= at.file_len => out[i] = entry,
+            Some(i) if at.is_set(span.clone()) => out[i] = entry,
             Some(_) => {
                 return Err(at.err(
                     span,
@@ -1283,12 +1472,14 @@ fn by_id<T: ById>(
     Ok(out)
 }
 
-/// Interpolates every string value under `table` (keys are names, not values, and stay as written).
+/// Interpolates every string value under `table` that `this` picks by key and span (keys are names, not values, and stay as
+/// written).
 fn interpolate_table(
     table: &mut toml::de::DeTable<'_>,
     path: &str,
     env: &dyn Fn(&str) -> Option<String>,
     at: &Locator<'_>,
+    this: &dyn Fn(&str, std::ops::Range<usize>) -> bool,
 ) -> Result<(), ConfigError> {
     for (key, value) in table.iter_mut() {
         let key = if path.is_empty() {
@@ -1296,7 +1487,7 @@ fn interpolate_table(
         } else {
             format!("{path}.{}", key.get_ref())
         };
-        interpolate_value(value, &key, env, at)?;
+        interpolate_value(value, &key, env, at, this)?;
     }
     Ok(())
 }
@@ -1306,24 +1497,207 @@ fn interpolate_value(
     key: &str,
     env: &dyn Fn(&str) -> Option<String>,
     at: &Locator<'_>,
+    this: &dyn Fn(&str, std::ops::Range<usize>) -> bool,
 ) -> Result<(), ConfigError> {
     use toml::de::DeValue;
     let span = value.span();
     match value.get_mut() {
-        DeValue::String(s) if s.contains('$') => {
+        DeValue::String(s) if s.contains('$') && this(key, span.clone()) => {
             let expanded =
                 vars::interpolate(s, env).map_err(|e| at.err(span, format!("`{key}`: {e}")))?;
             *s = std::borrow::Cow::Owned(expanded);
         }
         DeValue::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                interpolate_value(item, &format!("{key}[{i}]"), env, at)?;
+                interpolate_value(item, &format!("{key}[{i}]"), env, at, this)?;
             }
         }
-        DeValue::Table(t) => interpolate_table(t, key, env, at)?,
+        DeValue::Table(t) => interpolate_table(t, key, env, at, this)?,
         _ => {}
     }
     Ok(())
+}
+
+/// The string at `keys` (a table path) of `table`, and its span.
+fn peek_str<'t>(
+    table: &'t toml::de::DeTable<'_>,
+    keys: &[&str],
+) -> Option<(&'t str, std::ops::Range<usize>)> {
+    use toml::de::DeValue;
+    let (first, rest) = keys.split_first()?;
+    let value = table
+        .iter()
+        .find(|(k, _)| k.get_ref() == first)
+        .map(|(_, v)| v)?;
+    match (value.get_ref(), rest.is_empty()) {
+        (DeValue::String(s), true) => Some((s.as_ref(), value.span())),
+        (DeValue::Table(t), false) => peek_str(t, rest),
+        _ => None,
+    }
+}
+
+/// The table under `key` in `table`, created (at `span`) when missing; None when `key` holds something else.
+fn table_at<'t, 'i>(
+    table: &'t mut toml::de::DeTable<'i>,
+    key: &str,
+    span: std::ops::Range<usize>,
+) -> Option<&'t mut toml::de::DeTable<'i>> {
+    use std::borrow::Cow;
+    use toml::de::DeValue;
+    if !table.iter().any(|(k, _)| k.get_ref() == key) {
+        table.insert(
+            Spanned::new(span.clone(), Cow::Owned(key.to_owned())),
+            Spanned::new(span, DeValue::Table(Default::default())),
+        );
+    }
+    match table
+        .iter_mut()
+        .find(|(k, _)| k.get_ref() == key)
+        .map(|(_, v)| v.get_mut())
+    {
+        Some(DeValue::Table(t)) => Some(t),
+        _ => None,
+    }
+}
+
+/// Puts a compose file's services under `[services]`: a service `buildopt.toml` also has keeps its own keys (and the
+/// entries of its `build_args`, `labels` and `contexts`), and takes the others from the compose file; its registry
+/// and network when the file has none.
+fn merge_compose(
+    table: &mut toml::de::DeTable<'_>,
+    services: Vec<(String, std::ops::Range<usize>, toml::de::DeTable<'static>)>,
+    registry: Option<(String, bool, std::ops::Range<usize>)>,
+    network: Option<(String, std::ops::Range<usize>)>,
+) {
+    use std::borrow::Cow;
+    use toml::de::DeValue;
+    /// Keys that say the same thing: one set in `buildopt.toml` keeps the compose file's other out.
+    const SAME: &[(&str, &str)] = &[
+        ("dockerfile", "dockerfile_inline"),
+        ("cache_tag", "cache_to"),
+    ];
+    if let Some((_, span, _)) = services.first()
+        && let Some(all) = table_at(table, "services", span.clone())
+    {
+        for (name, span, svc) in services {
+            let own = all
+                .iter_mut()
+                .find(|(k, _)| k.get_ref() == name.as_str())
+                .map(|(_, v)| v.get_mut());
+            let own = match own {
+                Some(DeValue::Table(own)) => own,
+                // Not a table: the check of `buildopt.toml` says so.
+                Some(_) => continue,
+                None => {
+                    all.insert(
+                        Spanned::new(span.clone(), Cow::Owned(name)),
+                        Spanned::new(span, DeValue::Table(svc)),
+                    );
+                    continue;
+                }
+            };
+            for (k, v) in svc {
+                let key = k.get_ref().to_string();
+                let has = |name: &str| own.iter().any(|(k, _)| k.get_ref() == name);
+                if SAME
+                    .iter()
+                    .any(|(a, b)| (key == *a && has(b)) || (key == *b && has(a)))
+                {
+                    continue;
+                }
+                let existing = own
+                    .iter_mut()
+                    .find(|(ok, _)| ok.get_ref() == key.as_str())
+                    .map(|(_, ov)| ov.get_mut());
+                let v_span = v.span();
+                match (existing, v.into_inner()) {
+                    (None, v) => {
+                        own.insert(k, Spanned::new(v_span, v));
+                    }
+                    (Some(DeValue::Table(mine)), DeValue::Table(theirs))
+                        if ["build_args", "labels", "contexts"].contains(&key.as_str()) =>
+                    {
+                        for (ek, ev) in theirs {
+                            if !mine.iter().any(|(mk, _)| mk.get_ref() == ek.get_ref()) {
+                                mine.insert(ek, ev);
+                            }
+                        }
+                    }
+                    (Some(_), _) => {}
+                }
+            }
+        }
+    }
+    if let Some((url, insecure, span)) = registry
+        && !table.iter().any(|(k, _)| k.get_ref() == "registry")
+        && let Some(r) = table_at(table, "registry", span.clone())
+    {
+        r.insert(
+            Spanned::new(span.clone(), Cow::Borrowed("url")),
+            Spanned::new(span.clone(), DeValue::String(Cow::Owned(url))),
+        );
+        r.insert(
+            Spanned::new(span.clone(), Cow::Borrowed("insecure")),
+            Spanned::new(span, DeValue::Boolean(insecure)),
+        );
+    }
+    if let Some((n, span)) = network
+        && let Some(b) = table_at(table, "buildkit", span.clone())
+        && !b.iter().any(|(k, _)| k.get_ref() == "network")
+    {
+        b.insert(
+            Spanned::new(span.clone(), Cow::Borrowed("network")),
+            Spanned::new(span, DeValue::String(Cow::Owned(n))),
+        );
+    }
+}
+
+/// A message about a compose file's service in its own key names (`services.app.build_args` is
+/// `services.app.build.args`), without the note that paths are relative to `buildopt.toml`: a compose file's paths
+/// are made whole, and shown so.
+fn compose_key_names(message: &str) -> String {
+    let message = match message.find(" (it is relative to ") {
+        Some(start) => match message[start..].find(')') {
+            Some(len) => format!("{}{}", &message[..start], &message[start + len + 1..]),
+            None => message.to_owned(),
+        },
+        None => message.to_owned(),
+    };
+    static KEY: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"`services\.([A-Za-z0-9._-]+?)\.(context|dockerfile_inline|dockerfile|tags|cache_to|cache_from|target|build_args|platforms|labels|contexts|secrets|ssh|depends_on)\b",
+        )
+        .expect("a valid pattern")
+    });
+    KEY.replace_all(&message, |c: &regex::Captures<'_>| {
+        let compose = match &c[2] {
+            "build_args" => "args",
+            "contexts" | "depends_on" => "additional_contexts",
+            other => other,
+        };
+        format!("`services.{}.build.{compose}", &c[1])
+    })
+    .into_owned()
+}
+
+/// The file an inline Dockerfile (`dockerfile_inline`) is read from: `.build-cache/inline/<digest>/Dockerfile`
+/// under `root`, written once per content (the digest names it). Only its content is an input, as a Dockerfile's.
+fn inline_dockerfile(root: &Path, text: &str) -> std::io::Result<PathBuf> {
+    use std::io::Write as _;
+    let digest = crate::digest::Digest::of(text.as_bytes());
+    let dir = root
+        .join(crate::commands::CACHE_DIR)
+        .join("inline")
+        .join(digest.to_string());
+    let file = dir.join("Dockerfile");
+    if std::fs::read(&file).is_ok_and(|b| b == text.as_bytes()) {
+        return Ok(file);
+    }
+    fs_err::create_dir_all(&dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.persist(&file).map_err(|e| e.error)?;
+    Ok(file)
 }
 
 /// Orders services dependencies-first (stable by name otherwise); on a cycle, returns it and the span of the
@@ -1668,6 +2042,7 @@ mod tests {
         let options = LoadOptions {
             sets: &sets,
             env: &|name| (name == "HOME").then(|| "/home/me".to_owned()),
+            compose_file: None,
         };
         let ws = Workspace::parse_with(&text, Path::new("buildopt.toml"), dir.path(), &options)
             .map_err(|e| {

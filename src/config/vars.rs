@@ -1,8 +1,9 @@
 //! Variables in `buildopt.toml` string values, as Compose interpolates them: `$VAR`, `${VAR}`, `${VAR:-default}`
 //! (unset or empty), `${VAR-default}` (unset), `${VAR:?message}` / `${VAR?message}` (required), `${VAR:+other}` /
 //! `${VAR+other}` (when set), `$$` for a literal `$`. Defaults and replacements may hold variables themselves.
-//! Unlike Compose, an unset variable without a default is an error, not an empty string: a CI run with a missing
-//! `GIT_SHA` must not push a tag named after nothing.
+//! Unlike Compose, an unset variable without a default is an error in `buildopt.toml`, not an empty string: a CI
+//! run with a missing `GIT_SHA` must not push a tag named after nothing. A compose file is read as Compose reads it
+//! ([`interpolate_lenient`]): an unset variable is empty, and the caller warns.
 
 /// Why a value could not be interpolated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,8 +26,51 @@ pub enum VarError {
 
 /// Replaces every variable in `s` by its value from `env`.
 pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, VarError> {
+    run(s, &Vars { env, unset: None })
+}
+
+/// [`interpolate`] as Compose does it: a variable that is not set (`$VAR`, `${VAR}`) is an empty string, and its
+/// name is given to `unset`; defaults, `?` and `+` work as in [`interpolate`].
+pub fn interpolate_lenient(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    unset: &mut dyn FnMut(&str),
+) -> Result<String, VarError> {
+    let cell = std::cell::RefCell::new(unset);
+    let note = |name: &str| (cell.borrow_mut())(name);
+    run(
+        s,
+        &Vars {
+            env,
+            unset: Some(&note),
+        },
+    )
+}
+
+/// Where variables get their values, and what an unset one without a default is: an error, or (`unset` given) an
+/// empty string that is reported.
+struct Vars<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    unset: Option<&'a dyn Fn(&str)>,
+}
+
+impl Vars<'_> {
+    /// The value of a variable written without a default.
+    fn required(&self, name: String) -> Result<String, VarError> {
+        match ((self.env)(&name), self.unset) {
+            (Some(v), _) => Ok(v),
+            (None, Some(note)) => {
+                note(&name);
+                Ok(String::new())
+            }
+            (None, None) => Err(VarError::Unset(name)),
+        }
+    }
+}
+
+fn run(s: &str, vars: &Vars<'_>) -> Result<String, VarError> {
     let chars: Vec<char> = s.chars().collect();
-    let (out, end) = expand(&chars, 0, None, env)?;
+    let (out, end) = expand(&chars, 0, None, vars)?;
     debug_assert_eq!(end, chars.len());
     Ok(out)
 }
@@ -45,7 +89,7 @@ fn expand(
     chars: &[char],
     mut i: usize,
     stop: Option<char>,
-    env: &dyn Fn(&str) -> Option<String>,
+    vars: &Vars<'_>,
 ) -> Result<(String, usize), VarError> {
     let mut out = String::new();
     while i < chars.len() {
@@ -70,11 +114,11 @@ fn expand(
                     j += 1;
                 }
                 let name: String = chars[start..j].iter().collect();
-                out.push_str(&env(&name).ok_or(VarError::Unset(name))?);
+                out.push_str(&vars.required(name)?);
                 i = j;
             }
             Some('{') => {
-                let (value, next) = braced(chars, i + 2, env)?;
+                let (value, next) = braced(chars, i + 2, vars)?;
                 out.push_str(&value);
                 i = next;
             }
@@ -93,11 +137,7 @@ fn expand(
 }
 
 /// `${...}` from just after the `{`; returns the value and the index after the `}`.
-fn braced(
-    chars: &[char],
-    start: usize,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(String, usize), VarError> {
+fn braced(chars: &[char], start: usize, vars: &Vars<'_>) -> Result<(String, usize), VarError> {
     let mut j = start;
     while j < chars.len() && is_name(chars[j]) {
         j += 1;
@@ -109,15 +149,19 @@ fn braced(
             chars[start..].iter().take(16).collect::<String>()
         )));
     }
-    let value = env(&name);
+    let value = (vars.env)(&name);
     let colon = chars.get(j) == Some(&':');
     let op_at = if colon { j + 1 } else { j };
     let op = chars.get(op_at).copied();
     if !colon && op == Some('}') {
-        return Ok((value.ok_or(VarError::Unset(name))?, j + 1));
+        let value = match value {
+            Some(v) => v,
+            None => vars.required(name)?,
+        };
+        return Ok((value, j + 1));
     }
     let (word, end) = match op {
-        Some('-' | '?' | '+') => expand(chars, op_at + 1, Some('}'), env)?,
+        Some('-' | '?' | '+') => expand(chars, op_at + 1, Some('}'), vars)?,
         _ => {
             return Err(VarError::Syntax(format!(
                 "`${{{name}` must be followed by `}}`, `:-`, `-`, `:?`, `?`, `:+` or `+`"
@@ -192,5 +236,19 @@ mod tests {
         for bad in ["$", "a$-b", "${", "${SHA", "${1X}", "${SHA:x}", "${SHA:-a"] {
             assert!(matches!(i(bad), Err(VarError::Syntax(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn lenient_is_compose_for_unset_variables() {
+        let mut unset = Vec::new();
+        let mut note = |n: &str| unset.push(n.to_owned());
+        let out = interpolate_lenient("a${NOPE}b$GONE-${NOPE2:-d}${SHA}", &env, &mut note).unwrap();
+        assert_eq!(out, "ab-dabc123");
+        assert_eq!(unset, ["NOPE", "GONE"]);
+        let mut note = |_: &str| {};
+        assert!(matches!(
+            interpolate_lenient("${NOPE:?needed}", &env, &mut note),
+            Err(VarError::Required { .. })
+        ));
     }
 }

@@ -128,7 +128,7 @@ fn unknown_service_and_missing_config() {
     let empty = Tree::new();
     let out = empty.cmd().arg("plan").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no buildopt.toml in"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no buildopt.toml (or compose.yaml) in"));
 }
 
 #[test]

@@ -11,6 +11,8 @@ mod buildkit;
 mod ci;
 /// CLI behaviour: config errors, exit codes, `plan`.
 mod cli;
+/// Compose files as the config: equivalence with `buildopt.toml`, `service:` contexts, located mistakes.
+mod compose;
 /// Context selection: Docker's `.dockerignore` semantics, golden entry lists.
 mod context;
 /// Deploying what changed to ECS, `gc` of content tags, ECR lifecycle policies (moto, the registry that deletes).

@@ -83,6 +83,7 @@ impl Tree {
         let mut cmd = Command::cargo_bin("buildopt").unwrap();
         cmd.current_dir(self.path())
             .env_remove("BUILDOPT_CONFIG")
+            .env_remove("BUILDOPT_COMPOSE_FILE")
             .env_remove("BUILDOPT_LOG");
         cmd
     }
@@ -494,6 +495,7 @@ impl Tree {
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("buildopt"))
             .current_dir(self.path())
             .env_remove("BUILDOPT_CONFIG")
+            .env_remove("BUILDOPT_COMPOSE_FILE")
             .env_remove("BUILDOPT_LOG")
             .args(["--progress", "plain"])
             .args(args)
