@@ -114,8 +114,8 @@ fn hash_named(svc: &Service, index: &Index, own: &[PathBuf]) -> Result<Vec<Named
             continue;
         };
         let ignore = DockerIgnore::load_dir(dir)?;
-        let mut entries = walk(dir, &ignore.filter()?.hide_own(dir, own))?;
-        let contents = hash_contents(dir, &mut entries, index)?;
+        let mut entries = in_pool(|| walk(dir, &ignore.filter()?.hide_own(dir, own)))?;
+        let contents = hash_contents(dir, &index_scope(&ignore.patterns), &mut entries, index)?;
         let mut f = Fields::new(SERVICE_KEY);
         f.bytes(b"named local").u64(entries.len() as u64);
         for (e, c) in entries.iter().zip(&contents) {
@@ -188,12 +188,20 @@ pub fn hash_service(
     own: &[PathBuf],
 ) -> Result<ServiceInputs, HashError> {
     let (ignore, mut entries) = select_context(svc, own)?;
-    let contents = hash_contents(&svc.context, &mut entries, index)?;
-    let entry_digests: Vec<Digest> = entries
-        .iter()
-        .zip(&contents)
-        .map(|(e, c)| entry_digest(e, c.as_ref()))
-        .collect();
+    let contents = hash_contents(
+        &svc.context,
+        &index_scope(&ignore.patterns),
+        &mut entries,
+        index,
+    )?;
+    let entry_digests: Vec<Digest> = in_pool(|| {
+        entries
+            .par_iter()
+            .zip(&contents)
+            .with_min_len(256)
+            .map(|(e, c)| entry_digest(e, c.as_ref()))
+            .collect()
+    });
 
     let dockerfile_bytes = fs_err::read(&svc.dockerfile).map_err(|source| HashError::Read {
         path: svc.dockerfile.clone(),
@@ -402,7 +410,7 @@ fn read_entries(
     let filter = crate::context::transfer_filter(&svc.context, &[], &ignore.patterns, &follow)
         .ok()?
         .hide_own(&svc.context, own);
-    let sent = walk(&svc.context, &filter).ok()?;
+    let sent = in_pool(|| walk(&svc.context, &filter)).ok()?;
     let position: std::collections::HashMap<&[u8], usize> = entries
         .iter()
         .enumerate()
@@ -420,7 +428,8 @@ pub fn select_context(
     own: &[PathBuf],
 ) -> Result<(DockerIgnore, Vec<Entry>), ContextError> {
     let ignore = DockerIgnore::load(&svc.context, &svc.dockerfile)?;
-    let entries = walk(&svc.context, &ignore.filter()?.hide_own(&svc.context, own))?;
+    let filter = ignore.filter()?.hide_own(&svc.context, own);
+    let entries = in_pool(|| walk(&svc.context, &filter))?;
     Ok((ignore, entries))
 }
 
@@ -528,7 +537,9 @@ pub(crate) fn param_digests(svc: &Service, named: &[NamedLocal]) -> BTreeMap<Str
 /// device numbers (devices). A socket hashes as the empty regular file BuildKit receives for it. Times, owners and
 /// inode numbers are left out, so a fresh clone of the same tree hashes the same.
 pub fn entry_digest(e: &Entry, content: Option<&Digest>) -> Digest {
-    let mut f = Fields::new(ENTRY_KEY);
+    // Deriving the key costs as much as hashing a short entry: derive it once.
+    static KEYED: std::sync::OnceLock<blake3::Hasher> = std::sync::OnceLock::new();
+    let mut f = Fields(KEYED.get_or_init(|| Fields::new(ENTRY_KEY).0).clone());
     match &e.kind {
         EntryKind::Dir => f.bytes(b"dir"),
         EntryKind::File | EntryKind::Socket => f.bytes(b"file"),
@@ -575,41 +586,67 @@ fn reader_pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
+/// Runs `f` on the reader pool, so that the walk and the hashing inside it run on its threads.
+pub(crate) fn in_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    match reader_pool() {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
+
+/// The index scope of a context walked with ignore patterns `patterns`: two services that share a directory but
+/// ignore different files keep separate records instead of overwriting each other's.
+fn index_scope(patterns: &[Vec<u8>]) -> Vec<u8> {
+    let mut scope = Vec::new();
+    for p in patterns {
+        scope.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        scope.extend_from_slice(p);
+    }
+    scope
+}
+
 /// Content hashes of the regular files among `entries` (None for others), from the index where it is still valid,
 /// otherwise by reading the files, in parallel. A file whose status changed since the walk gets its entry updated
-/// to what was actually hashed.
+/// to what was actually hashed. The index file of this context is rewritten only when it is stale.
 fn hash_contents(
     root: &Path,
+    scope: &[u8],
     entries: &mut [Entry],
     index: &Index,
 ) -> Result<Vec<Option<Digest>>, HashError> {
-    match reader_pool() {
-        Some(pool) => pool.install(|| hash_contents_here(root, entries, index)),
-        None => hash_contents_here(root, entries, index),
-    }
+    in_pool(|| hash_contents_here(root, scope, entries, index))
 }
 
 fn hash_contents_here(
     root: &Path,
+    scope: &[u8],
     entries: &mut [Entry],
     index: &Index,
 ) -> Result<Vec<Option<Digest>>, HashError> {
-    entries
+    let known = index.lookup(root, scope, entries);
+    if let Some(why) = &known.problem {
+        tracing::warn!("rebuilding the local hash index: {why}");
+    }
+    let contents = entries
         .par_iter_mut()
-        .map(|e| {
-            if e.kind != EntryKind::File {
-                return Ok(None);
+        .zip(known.digests)
+        .with_min_len(64)
+        .map(|(e, known)| {
+            if e.kind != EntryKind::File || known.is_some() {
+                return Ok(known);
             }
             let path = e.abs_path(root);
-            if let Some(d) = index.lookup(&path, e) {
-                return Ok(Some(d));
-            }
             let (d, stat) = hash_stable_file(&path)?;
             stat.apply(e);
-            index.insert(&path, e, d);
             Ok(Some(d))
         })
-        .collect()
+        .collect::<Result<Vec<_>, HashError>>()?;
+    if known.stale
+        && let Err(e) = index.save(root, scope, entries, &contents)
+    {
+        tracing::warn!("could not save the local hash index: {e}");
+    }
+    Ok(contents)
 }
 
 /// Reads beyond this size go through blake3's multi-threaded update, a buffer at a time.
