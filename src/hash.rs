@@ -636,7 +636,7 @@ fn hash_contents_here(
                 return Ok(known);
             }
             let path = e.abs_path(root);
-            let (d, stat) = hash_stable_file(&path)?;
+            let (d, stat) = hash_stable_file(&path, Some(FileStat::from_entry(e)))?;
             stat.apply(e);
             Ok(Some(d))
         })
@@ -674,6 +674,15 @@ impl FileStat {
         }
     }
 
+    fn from_entry(e: &Entry) -> FileStat {
+        FileStat {
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            ctime_ns: e.ctime_ns,
+            ino: e.ino,
+        }
+    }
+
     fn apply(&self, e: &mut Entry) {
         e.size = self.size;
         e.mtime_ns = self.mtime_ns;
@@ -683,10 +692,16 @@ impl FileStat {
 }
 
 /// The blake3 of a file's bytes and the status they belong to. The file is read through an ordinary buffer (a
-/// memory map would kill the process with SIGBUS if the file were truncated meanwhile), and its status is taken
+/// memory map would kill the process with SIGBUS if the file were truncated meanwhile), and its status is compared
 /// before and after: when the two differ, or the byte count does not match the size, the file changed while it was
 /// read and is read again, a few times, before this gives up with an error naming it.
-pub(crate) fn hash_stable_file(path: &Path) -> Result<(Digest, FileStat), HashError> {
+///
+/// `seen` is the status the walk took, if any: it serves as the first "before" (a change since then shows in the
+/// status after, ctime included), which saves a system call a file; reading stops at its size for the same reason.
+pub(crate) fn hash_stable_file(
+    path: &Path,
+    mut seen: Option<FileStat>,
+) -> Result<(Digest, FileStat), HashError> {
     use std::io::Read;
     let read_err = |source| HashError::Read {
         path: path.to_owned(),
@@ -694,11 +709,15 @@ pub(crate) fn hash_stable_file(path: &Path) -> Result<(Digest, FileStat), HashEr
     };
     for _ in 0..HASH_ATTEMPTS {
         let mut file = fs_err::File::open(path).map_err(read_err)?;
-        let before = FileStat::of(&file.metadata().map_err(read_err)?);
+        let before = match seen.take() {
+            Some(stat) => stat,
+            None => FileStat::of(&file.metadata().map_err(read_err)?),
+        };
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; (before.size as usize).clamp(1, LARGE_READ)];
         let mut total = 0u64;
-        loop {
+        // Up to the size: a file that grew shows it in its status after, without one more read to see the end.
+        while total < before.size {
             let n = match file.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -1024,6 +1043,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_stale_status_from_the_walk_is_read_again_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "now longer than it was").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let mut seen = FileStat::of(&meta);
+        // What the walk saw before the file was rewritten: shorter and older.
+        seen.size = 3;
+        seen.ctime_ns -= 1;
+        let (digest, stat) = hash_stable_file(&path, Some(seen)).unwrap();
+        assert_eq!(digest, Digest::of(b"now longer than it was"));
+        assert_eq!(stat, FileStat::of(&meta));
+    }
+
+    #[test]
     fn a_file_that_keeps_changing_is_an_error_not_a_crash() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big");
@@ -1040,7 +1074,9 @@ pub(crate) mod tests {
                 }
             })
         };
-        let got = (0..20).map(|_| hash_stable_file(&path)).collect::<Vec<_>>();
+        let got = (0..20)
+            .map(|_| hash_stable_file(&path, None))
+            .collect::<Vec<_>>();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
         // Every attempt either saw one version whose status did not change while it was read, or said the file kept
@@ -1052,7 +1088,7 @@ pub(crate) mod tests {
                 Err(e) => panic!("unexpected error: {e}"),
             }
         }
-        let (digest, _) = hash_stable_file(&path).unwrap();
+        let (digest, _) = hash_stable_file(&path, None).unwrap();
         assert_eq!(digest, Digest::of(&std::fs::read(&path).unwrap()));
     }
 }
