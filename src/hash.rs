@@ -115,7 +115,7 @@ fn hash_named(svc: &Service, index: &Index, own: &[PathBuf]) -> Result<Vec<Named
         };
         let ignore = DockerIgnore::load_dir(dir)?;
         let mut entries = walk(dir, &ignore.filter()?.hide_own(dir, own))?;
-        let contents = hash_contents(dir, &mut entries, index)?;
+        let contents = hash_contents(dir, &index_scope(&ignore.patterns), &mut entries, index)?;
         let mut f = Fields::new(SERVICE_KEY);
         f.bytes(b"named local").u64(entries.len() as u64);
         for (e, c) in entries.iter().zip(&contents) {
@@ -188,10 +188,16 @@ pub fn hash_service(
     own: &[PathBuf],
 ) -> Result<ServiceInputs, HashError> {
     let (ignore, mut entries) = select_context(svc, own)?;
-    let contents = hash_contents(&svc.context, &mut entries, index)?;
+    let contents = hash_contents(
+        &svc.context,
+        &index_scope(&ignore.patterns),
+        &mut entries,
+        index,
+    )?;
     let entry_digests: Vec<Digest> = entries
-        .iter()
+        .par_iter()
         .zip(&contents)
+        .with_min_len(256)
         .map(|(e, c)| entry_digest(e, c.as_ref()))
         .collect();
 
@@ -528,7 +534,9 @@ pub(crate) fn param_digests(svc: &Service, named: &[NamedLocal]) -> BTreeMap<Str
 /// device numbers (devices). A socket hashes as the empty regular file BuildKit receives for it. Times, owners and
 /// inode numbers are left out, so a fresh clone of the same tree hashes the same.
 pub fn entry_digest(e: &Entry, content: Option<&Digest>) -> Digest {
-    let mut f = Fields::new(ENTRY_KEY);
+    // Deriving the key costs as much as hashing a short entry: derive it once.
+    static KEYED: std::sync::OnceLock<blake3::Hasher> = std::sync::OnceLock::new();
+    let mut f = Fields(KEYED.get_or_init(|| Fields::new(ENTRY_KEY).0).clone());
     match &e.kind {
         EntryKind::Dir => f.bytes(b"dir"),
         EntryKind::File | EntryKind::Socket => f.bytes(b"file"),
@@ -575,41 +583,70 @@ fn reader_pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
-/// Content hashes of the regular files among `entries` (None for others), from the index where it is still valid,
-/// otherwise by reading the files, in parallel. A file whose status changed since the walk gets its entry updated
-/// to what was actually hashed.
-fn hash_contents(
-    root: &Path,
-    entries: &mut [Entry],
-    index: &Index,
-) -> Result<Vec<Option<Digest>>, HashError> {
+/// Runs `f` on the reader pool, so that the file reads inside it run on its threads. Only reading waits on the
+/// disk: the walk and the digests run on rayon's global pool, one thread a core (on the reader pool a warm run of
+/// 100k files spent a quarter of its time switching and yielding between 16 threads on 2 cores: issue 12).
+fn on_readers<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     match reader_pool() {
-        Some(pool) => pool.install(|| hash_contents_here(root, entries, index)),
-        None => hash_contents_here(root, entries, index),
+        Some(pool) => pool.install(f),
+        None => f(),
     }
 }
 
-fn hash_contents_here(
+/// The index scope of a context walked with ignore patterns `patterns`: two services that share a directory but
+/// ignore different files keep separate records instead of overwriting each other's.
+fn index_scope(patterns: &[Vec<u8>]) -> Vec<u8> {
+    let mut scope = Vec::new();
+    for p in patterns {
+        scope.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        scope.extend_from_slice(p);
+    }
+    scope
+}
+
+/// Content hashes of the regular files among `entries` (None for others), from the index where it is still valid,
+/// otherwise by reading the files, in parallel. A file whose status changed since the walk gets its entry updated
+/// to what was actually hashed. The index file of this context is rewritten only when it is stale.
+fn hash_contents(
     root: &Path,
+    scope: &[u8],
     entries: &mut [Entry],
     index: &Index,
 ) -> Result<Vec<Option<Digest>>, HashError> {
-    entries
-        .par_iter_mut()
-        .map(|e| {
-            if e.kind != EntryKind::File {
-                return Ok(None);
-            }
-            let path = e.abs_path(root);
-            if let Some(d) = index.lookup(&path, e) {
-                return Ok(Some(d));
-            }
-            let (d, stat) = hash_stable_file(&path)?;
-            stat.apply(e);
-            index.insert(&path, e, d);
-            Ok(Some(d))
-        })
-        .collect()
+    let known = index.lookup(root, scope, entries);
+    if let Some(why) = &known.problem {
+        tracing::warn!("rebuilding the local hash index: {why}");
+    }
+    let missing = entries
+        .iter()
+        .zip(&known.digests)
+        .any(|(e, k)| e.kind == EntryKind::File && k.is_none());
+    let contents = if !missing {
+        known.digests
+    } else {
+        on_readers(|| {
+            entries
+                .par_iter_mut()
+                .zip(known.digests)
+                .with_min_len(64)
+                .map(|(e, known)| {
+                    if e.kind != EntryKind::File || known.is_some() {
+                        return Ok(known);
+                    }
+                    let path = e.abs_path(root);
+                    let (d, stat) = hash_stable_file(&path, Some(FileStat::from_entry(e)))?;
+                    stat.apply(e);
+                    Ok(Some(d))
+                })
+                .collect::<Result<Vec<_>, HashError>>()
+        })?
+    };
+    if known.stale
+        && let Err(e) = index.save(root, scope, entries, &contents)
+    {
+        tracing::warn!("could not save the local hash index: {e}");
+    }
+    Ok(contents)
 }
 
 /// Reads beyond this size go through blake3's multi-threaded update, a buffer at a time.
@@ -637,6 +674,15 @@ impl FileStat {
         }
     }
 
+    fn from_entry(e: &Entry) -> FileStat {
+        FileStat {
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            ctime_ns: e.ctime_ns,
+            ino: e.ino,
+        }
+    }
+
     fn apply(&self, e: &mut Entry) {
         e.size = self.size;
         e.mtime_ns = self.mtime_ns;
@@ -646,10 +692,16 @@ impl FileStat {
 }
 
 /// The blake3 of a file's bytes and the status they belong to. The file is read through an ordinary buffer (a
-/// memory map would kill the process with SIGBUS if the file were truncated meanwhile), and its status is taken
+/// memory map would kill the process with SIGBUS if the file were truncated meanwhile), and its status is compared
 /// before and after: when the two differ, or the byte count does not match the size, the file changed while it was
 /// read and is read again, a few times, before this gives up with an error naming it.
-pub(crate) fn hash_stable_file(path: &Path) -> Result<(Digest, FileStat), HashError> {
+///
+/// `seen` is the status the walk took, if any: it serves as the first "before" (a change since then shows in the
+/// status after, ctime included), which saves a system call a file; reading stops at its size for the same reason.
+pub(crate) fn hash_stable_file(
+    path: &Path,
+    mut seen: Option<FileStat>,
+) -> Result<(Digest, FileStat), HashError> {
     use std::io::Read;
     let read_err = |source| HashError::Read {
         path: path.to_owned(),
@@ -657,11 +709,15 @@ pub(crate) fn hash_stable_file(path: &Path) -> Result<(Digest, FileStat), HashEr
     };
     for _ in 0..HASH_ATTEMPTS {
         let mut file = fs_err::File::open(path).map_err(read_err)?;
-        let before = FileStat::of(&file.metadata().map_err(read_err)?);
+        let before = match seen.take() {
+            Some(stat) => stat,
+            None => FileStat::of(&file.metadata().map_err(read_err)?),
+        };
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; (before.size as usize).clamp(1, LARGE_READ)];
         let mut total = 0u64;
-        loop {
+        // Up to the size: a file that grew shows it in its status after, without one more read to see the end.
+        while total < before.size {
             let n = match file.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -987,6 +1043,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_stale_status_from_the_walk_is_read_again_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "now longer than it was").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let mut seen = FileStat::of(&meta);
+        // What the walk saw before the file was rewritten: shorter and older.
+        seen.size = 3;
+        seen.ctime_ns -= 1;
+        let (digest, stat) = hash_stable_file(&path, Some(seen)).unwrap();
+        assert_eq!(digest, Digest::of(b"now longer than it was"));
+        assert_eq!(stat, FileStat::of(&meta));
+    }
+
+    #[test]
     fn a_file_that_keeps_changing_is_an_error_not_a_crash() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big");
@@ -1003,7 +1074,9 @@ pub(crate) mod tests {
                 }
             })
         };
-        let got = (0..20).map(|_| hash_stable_file(&path)).collect::<Vec<_>>();
+        let got = (0..20)
+            .map(|_| hash_stable_file(&path, None))
+            .collect::<Vec<_>>();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
         // Every attempt either saw one version whose status did not change while it was read, or said the file kept
@@ -1015,7 +1088,7 @@ pub(crate) mod tests {
                 Err(e) => panic!("unexpected error: {e}"),
             }
         }
-        let (digest, _) = hash_stable_file(&path).unwrap();
+        let (digest, _) = hash_stable_file(&path, None).unwrap();
         assert_eq!(digest, Digest::of(&std::fs::read(&path).unwrap()));
     }
 }

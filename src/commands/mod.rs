@@ -20,7 +20,7 @@ use crate::config::{ConfigError, LoadOptions, Registry, Service, Workspace};
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
 use crate::hash::{ServiceInputs, hash_service};
-use crate::index::{Index, IndexStatus};
+use crate::index::Index;
 use crate::printer::Printer;
 use crate::registry::RegistryClient;
 use crate::registry::verify::Verifier;
@@ -261,9 +261,6 @@ fn hash_all(
     let mut own = own_dirs(ws);
     own.extend(hidden.iter().cloned());
     let index = Index::open(&own[0]);
-    if let IndexStatus::Discarded(why) = index.status() {
-        tracing::warn!("rebuilding the local hash index: {why}");
-    }
     let mut digests: BTreeMap<String, Digest> = BTreeMap::new();
     let mut out = Vec::new();
     for svc in services {
@@ -271,10 +268,6 @@ fn hash_all(
             .with_context(|| format!("hashing service `{}`", svc.name))?;
         digests.insert(svc.name.clone(), inputs.digest);
         out.push(inputs);
-    }
-    let walked: Vec<PathBuf> = services.iter().map(|s| s.context.clone()).collect();
-    if let Err(e) = index.save(&walked) {
-        tracing::warn!("could not save the local hash index: {e}");
     }
     Ok(out)
 }

@@ -537,7 +537,7 @@ fn no_colour_on_a_pipe() {
     let t = Tree::new().app().file("app/f", "x");
     t.run_ok(&["hash"]);
     // A corrupt index is rebuilt with a warning: the warning must be plain text.
-    std::fs::write(t.join(".build-cache/index-v1"), b"garbage").unwrap();
+    std::fs::write(crate::hash::index_file(&t), b"garbage").unwrap();
     let (code, _, err) = t.run(&["hash"]);
     assert_eq!(code, 0);
     assert!(err.contains("rebuilding the local hash index"), "{err}");
