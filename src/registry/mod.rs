@@ -7,6 +7,7 @@ pub(crate) mod gc;
 pub(crate) mod inputs;
 pub(crate) mod lifecycle;
 pub(crate) mod promote;
+mod transport;
 pub(crate) mod verify;
 
 use std::sync::Arc;
@@ -318,8 +319,10 @@ struct Auth {
 #[derive(Clone)]
 pub(crate) struct RegistryClient {
     oci: Client,
-    /// For what oci-client cannot do (deleting a manifest).
+    /// For what oci-client cannot do (deleting a manifest); its pool also carries the reads of `transport`.
     http: reqwest::Client,
+    /// Manifest and blob reads, with the registry's auth scheme learned once (oci-client pings before each).
+    transport: transport::Transport,
     registry: Registry,
     keychain: Arc<dyn Keychain>,
     auth: Arc<OnceCell<Auth>>,
@@ -363,9 +366,11 @@ impl RegistryClient {
                 reference: registry.url.clone(),
                 source: OciDistributionError::from(e),
             })?;
+        let transport = transport::Transport::new(http.clone(), registry.host(), registry.insecure);
         Ok(RegistryClient {
             oci,
             http,
+            transport,
             registry: registry.clone(),
             keychain,
             auth: Arc::new(OnceCell::new()),
@@ -487,8 +492,10 @@ impl RegistryClient {
     pub(crate) async fn lookup(&self, reference: &str) -> Result<Option<String>, RegistryError> {
         let r = self.parse(reference)?;
         let auth = &self.auth().await?.auth;
-        self.retrying(reference, || self.oci.fetch_manifest_digest(&r, auth))
-            .await
+        self.retrying(reference, || {
+            self.transport.manifest_digest(&r, auth, ACCEPT)
+        })
+        .await
     }
 
     /// The manifest behind `reference` (`registry/repo:tag` or `@digest`), or None when there is none. The client
@@ -500,7 +507,7 @@ impl RegistryClient {
         let r = self.parse(reference)?;
         let auth = &self.auth().await?.auth;
         let Some((bytes, digest)) = self
-            .retrying(reference, || self.oci.pull_manifest_raw(&r, auth, ACCEPT))
+            .retrying(reference, || self.transport.manifest(&r, auth, ACCEPT))
             .await?
         else {
             return Ok(None);
@@ -528,9 +535,10 @@ impl RegistryClient {
         digest: &str,
     ) -> Result<bool, RegistryError> {
         let reference = self.by_digest(repo, digest);
-        let r = self.with_stored_auth(&reference).await?;
+        let r = self.parse(&reference)?;
+        let auth = &self.auth().await?.auth;
         Ok(self
-            .retrying(&reference, || self.oci.blob_exists(&r, digest))
+            .retrying(&reference, || self.transport.blob_exists(&r, auth, digest))
             .await?
             .unwrap_or(false))
     }
@@ -791,25 +799,7 @@ impl RegistryClient {
         scope: &str,
         auth: &RegistryAuth,
     ) -> Result<Option<String>, reqwest::Error> {
-        #[derive(serde::Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let mut query = vec![("scope", scope)];
-        if let Some(s) = service {
-            query.push(("service", s));
-        }
-        let mut request = self.http.get(realm).query(&query);
-        if let RegistryAuth::Basic(user, password) = auth {
-            request = request.basic_auth(user, Some(password));
-        }
-        let response = request.send().await?;
-        if !response.status().is_success() {
-            return Ok(None);
-        }
-        let token: Token = response.json().await?;
-        Ok(token.token.or(token.access_token))
+        transport::fetch_token(&self.http, realm, service, scope, auth).await
     }
 }
 
