@@ -252,14 +252,39 @@ fn hash_all(
     if let IndexStatus::Discarded(why) = index.status() {
         tracing::warn!("rebuilding the local hash index: {why}");
     }
+    // Services whose dependencies are hashed are hashed together (a wave at a time): the walk of one context is
+    // single-threaded, and a monorepo has many contexts (issue 12).
     let mut digests: BTreeMap<String, Digest> = BTreeMap::new();
-    let mut out = Vec::new();
-    for svc in services {
-        let inputs = hash_service(svc, &digests, &index, &own)
-            .with_context(|| format!("hashing service `{}`", svc.name))?;
-        digests.insert(svc.name.clone(), inputs.digest);
-        out.push(inputs);
+    let mut out: Vec<Option<ServiceInputs>> = services.iter().map(|_| None).collect();
+    while let Some(first) = out.iter().position(Option::is_none) {
+        let mut wave: Vec<usize> = (first..services.len())
+            .filter(|&i| out[i].is_none())
+            .filter(|&i| {
+                services[i]
+                    .depends_on
+                    .iter()
+                    .all(|d| digests.contains_key(d))
+            })
+            .collect();
+        if wave.is_empty() {
+            // Not reached (dependencies come first); hashing it alone says what is missing.
+            wave.push(first);
+        }
+        let hashed: Vec<_> = {
+            use rayon::prelude::*;
+            let digests = &digests;
+            wave.par_iter()
+                .map(|&i| hash_service(services[i], digests, &index, &own))
+                .collect()
+        };
+        for (i, inputs) in wave.into_iter().zip(hashed) {
+            let inputs =
+                inputs.with_context(|| format!("hashing service `{}`", services[i].name))?;
+            digests.insert(services[i].name.clone(), inputs.digest);
+            out[i] = Some(inputs);
+        }
     }
+    let out: Vec<ServiceInputs> = out.into_iter().flatten().collect();
     let walked: Vec<PathBuf> = services.iter().map(|s| s.context.clone()).collect();
     if let Err(e) = index.save(&walked) {
         tracing::warn!("could not save the local hash index: {e}");
