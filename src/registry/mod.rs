@@ -318,7 +318,9 @@ struct Auth {
 /// Registry access for one `[registry]`.
 #[derive(Clone)]
 pub(crate) struct RegistryClient {
-    oci: Client,
+    /// Made on first use: building it loads the system's root certificates twice (two reqwest clients), and a
+    /// run that only reads (every service skipped) never needs it.
+    oci: Arc<std::sync::OnceLock<Client>>,
     /// For what oci-client cannot do (deleting a manifest); its pool also carries the reads of `transport`.
     http: reqwest::Client,
     /// Manifest and blob reads, with the registry's auth scheme learned once (oci-client pings before each).
@@ -342,22 +344,6 @@ impl RegistryClient {
         registry: &Registry,
         keychain: Arc<dyn Keychain>,
     ) -> Result<RegistryClient, RegistryError> {
-        let config = oci_client::client::ClientConfig {
-            protocol: if registry.insecure {
-                oci_client::client::ClientProtocol::HttpsExcept(vec![registry.host().to_owned()])
-            } else {
-                oci_client::client::ClientProtocol::Https
-            },
-            connect_timeout: Some(Duration::from_secs(5)),
-            read_timeout: Some(Duration::from_secs(30)),
-            // The only blobs pushed are small (the input manifest): one POST and one PUT, no chunks.
-            use_monolithic_push: true,
-            ..Default::default()
-        };
-        let oci = Client::try_from(config).map_err(|source| RegistryError::Other {
-            reference: registry.url.clone(),
-            source,
-        })?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
@@ -368,13 +354,39 @@ impl RegistryClient {
             })?;
         let transport = transport::Transport::new(http.clone(), registry.host(), registry.insecure);
         Ok(RegistryClient {
-            oci,
+            oci: Arc::default(),
             http,
             transport,
             registry: registry.clone(),
             keychain,
             auth: Arc::new(OnceCell::new()),
         })
+    }
+
+    /// The oci-client client (pushes, blob reads, referrers, tag lists), made on first use.
+    fn oci(&self) -> Result<&Client, RegistryError> {
+        if let Some(c) = self.oci.get() {
+            return Ok(c);
+        }
+        let config = oci_client::client::ClientConfig {
+            protocol: if self.registry.insecure {
+                oci_client::client::ClientProtocol::HttpsExcept(vec![
+                    self.registry.host().to_owned(),
+                ])
+            } else {
+                oci_client::client::ClientProtocol::Https
+            },
+            connect_timeout: Some(Duration::from_secs(5)),
+            read_timeout: Some(Duration::from_secs(30)),
+            // The only blobs pushed are small (the input manifest): one POST and one PUT, no chunks.
+            use_monolithic_push: true,
+            ..Default::default()
+        };
+        let client = Client::try_from(config).map_err(|source| RegistryError::Other {
+            reference: self.registry.url.clone(),
+            source,
+        })?;
+        Ok(self.oci.get_or_init(|| client))
     }
 
     /// `registry/repo:tag`.
@@ -423,7 +435,7 @@ impl RegistryClient {
     async fn with_stored_auth(&self, reference: &str) -> Result<Reference, RegistryError> {
         let r = self.parse(reference)?;
         let auth = &self.auth().await?.auth;
-        self.oci
+        self.oci()?
             .store_auth_if_needed(r.resolve_registry(), auth)
             .await;
         Ok(r)
@@ -554,8 +566,9 @@ impl RegistryClient {
         use futures::TryStreamExt;
         let reference = self.by_digest(repo, digest);
         let r = self.with_stored_auth(&reference).await?;
+        let oci = self.oci()?;
         self.retrying(&reference, || async {
-            let mut stream = self.oci.pull_blob_stream(&r, digest).await?;
+            let mut stream = oci.pull_blob_stream(&r, digest).await?;
             if stream.content_length.is_some_and(|n| n > limit as u64) {
                 return Err(too_large(digest, limit));
             }
@@ -595,9 +608,10 @@ impl RegistryClient {
         let reference = self.by_digest(repo, digest);
         let r = self.parse(&reference)?;
         let auth = &self.auth().await?.auth;
+        let oci = self.oci()?;
         self.retrying(&reference, || async {
-            self.oci.auth(&r, auth, RegistryOperation::Push).await?;
-            self.oci.push_blob(&r, data.clone(), digest).await
+            oci.auth(&r, auth, RegistryOperation::Push).await?;
+            oci.push_blob(&r, data.clone(), digest).await
         })
         .await?;
         Ok(())
@@ -614,10 +628,9 @@ impl RegistryClient {
     ) -> Result<Vec<oci_client::manifest::ImageIndexEntry>, RegistryError> {
         let reference = self.by_digest(repo, subject);
         let r = self.with_stored_auth(&reference).await?;
+        let oci = self.oci()?;
         Ok(self
-            .retrying(&reference, || {
-                self.oci.pull_referrers(&r, Some(artifact_type))
-            })
+            .retrying(&reference, || oci.pull_referrers(&r, Some(artifact_type)))
             .await?
             .map(|index| index.manifests)
             .unwrap_or_default())
@@ -633,10 +646,10 @@ impl RegistryClient {
         let auth = &self.auth().await?.auth;
         let content_type = http::HeaderValue::from_str(&manifest.media_type)
             .map_err(|_| RegistryError::Reference(manifest.media_type.clone()))?;
+        let oci = self.oci()?;
         self.retrying(reference, || async {
-            self.oci.auth(&dst, auth, RegistryOperation::Push).await?;
-            self.oci
-                .push_manifest_raw(&dst, manifest.bytes.clone(), content_type.clone())
+            oci.auth(&dst, auth, RegistryOperation::Push).await?;
+            oci.push_manifest_raw(&dst, manifest.bytes.clone(), content_type.clone())
                 .await
         })
         .await?;
@@ -649,12 +662,13 @@ impl RegistryClient {
         let reference = self.repository(repo);
         let r = self.parse(&reference)?;
         let auth = &self.auth().await?.auth;
+        let oci = self.oci()?;
         let mut tags: Vec<String> = Vec::new();
         loop {
             let last = tags.last().cloned();
             let Some(page) = self
                 .retrying(&reference, || {
-                    self.oci.list_tags(&r, auth, Some(PAGE), last.as_deref())
+                    oci.list_tags(&r, auth, Some(PAGE), last.as_deref())
                 })
                 .await?
             else {
