@@ -18,6 +18,7 @@
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::context::{Entry, EntryKind};
@@ -165,7 +166,11 @@ impl Index {
             _ => {}
         }
         let racy = self.now_ns - RACY_WINDOW.as_nanos() as i64;
-        let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
+        // Services that share a context and its patterns are hashed in parallel and save the same file: each
+        // writes its own temporary file, and the last rename wins (both hold true records).
+        static SAVES: AtomicU64 = AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, Ordering::Relaxed);
+        let tmp = file.with_extension(format!("tmp.{}.{n}", std::process::id()));
         let mut w = BufWriter::with_capacity(64 << 10, fs_err::File::create(&tmp)?);
         w.write_all(MAGIC)?;
         w.write_all(&id)?;

@@ -252,7 +252,7 @@ fn unknown_service(ws: &Workspace, name: &str) -> Error {
     ))
 }
 
-/// Hashes `services` (dependencies first) with the workspace's content index, saving the index afterwards.
+/// Hashes `services` (dependencies first, the others in parallel) with the workspace's content index.
 fn hash_all(
     ws: &Workspace,
     services: &[&Service],
@@ -261,15 +261,39 @@ fn hash_all(
     let mut own = own_dirs(ws);
     own.extend(hidden.iter().cloned());
     let index = Index::open(&own[0]);
+    // Services whose dependencies are hashed are hashed together (a wave at a time): the walk of one context is
+    // single-threaded, and a monorepo has many contexts (issue 12).
     let mut digests: BTreeMap<String, Digest> = BTreeMap::new();
-    let mut out = Vec::new();
-    for svc in services {
-        let inputs = hash_service(svc, &digests, &index, &own)
-            .with_context(|| format!("hashing service `{}`", svc.name))?;
-        digests.insert(svc.name.clone(), inputs.digest);
-        out.push(inputs);
+    let mut out: Vec<Option<ServiceInputs>> = services.iter().map(|_| None).collect();
+    while let Some(first) = out.iter().position(Option::is_none) {
+        let mut wave: Vec<usize> = (first..services.len())
+            .filter(|&i| out[i].is_none())
+            .filter(|&i| {
+                services[i]
+                    .depends_on
+                    .iter()
+                    .all(|d| digests.contains_key(d))
+            })
+            .collect();
+        if wave.is_empty() {
+            // Not reached (dependencies come first); hashing it alone says what is missing.
+            wave.push(first);
+        }
+        let hashed: Vec<_> = {
+            use rayon::prelude::*;
+            let digests = &digests;
+            wave.par_iter()
+                .map(|&i| hash_service(services[i], digests, &index, &own))
+                .collect()
+        };
+        for (i, inputs) in wave.into_iter().zip(hashed) {
+            let inputs =
+                inputs.with_context(|| format!("hashing service `{}`", services[i].name))?;
+            digests.insert(services[i].name.clone(), inputs.digest);
+            out[i] = Some(inputs);
+        }
     }
-    Ok(out)
+    Ok(out.into_iter().flatten().collect())
 }
 
 /// The registry side of a run: credentials (ECR first when the registry is ECR, then the environment, then the

@@ -7,6 +7,7 @@ pub(crate) mod gc;
 pub(crate) mod inputs;
 pub(crate) mod lifecycle;
 pub(crate) mod promote;
+mod transport;
 pub(crate) mod verify;
 
 use std::sync::Arc;
@@ -317,9 +318,13 @@ struct Auth {
 /// Registry access for one `[registry]`.
 #[derive(Clone)]
 pub(crate) struct RegistryClient {
-    oci: Client,
-    /// For what oci-client cannot do (deleting a manifest).
+    /// Made on first use: building it loads the system's root certificates twice (two reqwest clients), and a
+    /// run that only reads (every service skipped) never needs it.
+    oci: Arc<std::sync::OnceLock<Client>>,
+    /// For what oci-client cannot do (deleting a manifest); its pool also carries the reads of `transport`.
     http: reqwest::Client,
+    /// Manifest and blob reads, with the registry's auth scheme learned once (oci-client pings before each).
+    transport: transport::Transport,
     registry: Registry,
     keychain: Arc<dyn Keychain>,
     auth: Arc<OnceCell<Auth>>,
@@ -339,9 +344,35 @@ impl RegistryClient {
         registry: &Registry,
         keychain: Arc<dyn Keychain>,
     ) -> Result<RegistryClient, RegistryError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| RegistryError::Other {
+                reference: registry.url.clone(),
+                source: OciDistributionError::from(e),
+            })?;
+        let transport = transport::Transport::new(http.clone(), registry.host(), registry.insecure);
+        Ok(RegistryClient {
+            oci: Arc::default(),
+            http,
+            transport,
+            registry: registry.clone(),
+            keychain,
+            auth: Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// The oci-client client (pushes, blob reads, referrers, tag lists), made on first use.
+    fn oci(&self) -> Result<&Client, RegistryError> {
+        if let Some(c) = self.oci.get() {
+            return Ok(c);
+        }
         let config = oci_client::client::ClientConfig {
-            protocol: if registry.insecure {
-                oci_client::client::ClientProtocol::HttpsExcept(vec![registry.host().to_owned()])
+            protocol: if self.registry.insecure {
+                oci_client::client::ClientProtocol::HttpsExcept(vec![
+                    self.registry.host().to_owned(),
+                ])
             } else {
                 oci_client::client::ClientProtocol::Https
             },
@@ -351,25 +382,11 @@ impl RegistryClient {
             use_monolithic_push: true,
             ..Default::default()
         };
-        let oci = Client::try_from(config).map_err(|source| RegistryError::Other {
-            reference: registry.url.clone(),
+        let client = Client::try_from(config).map_err(|source| RegistryError::Other {
+            reference: self.registry.url.clone(),
             source,
         })?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| RegistryError::Other {
-                reference: registry.url.clone(),
-                source: OciDistributionError::from(e),
-            })?;
-        Ok(RegistryClient {
-            oci,
-            http,
-            registry: registry.clone(),
-            keychain,
-            auth: Arc::new(OnceCell::new()),
-        })
+        Ok(self.oci.get_or_init(|| client))
     }
 
     /// `registry/repo:tag`.
@@ -418,7 +435,7 @@ impl RegistryClient {
     async fn with_stored_auth(&self, reference: &str) -> Result<Reference, RegistryError> {
         let r = self.parse(reference)?;
         let auth = &self.auth().await?.auth;
-        self.oci
+        self.oci()?
             .store_auth_if_needed(r.resolve_registry(), auth)
             .await;
         Ok(r)
@@ -487,8 +504,10 @@ impl RegistryClient {
     pub(crate) async fn lookup(&self, reference: &str) -> Result<Option<String>, RegistryError> {
         let r = self.parse(reference)?;
         let auth = &self.auth().await?.auth;
-        self.retrying(reference, || self.oci.fetch_manifest_digest(&r, auth))
-            .await
+        self.retrying(reference, || {
+            self.transport.manifest_digest(&r, auth, ACCEPT)
+        })
+        .await
     }
 
     /// The manifest behind `reference` (`registry/repo:tag` or `@digest`), or None when there is none. The client
@@ -500,7 +519,7 @@ impl RegistryClient {
         let r = self.parse(reference)?;
         let auth = &self.auth().await?.auth;
         let Some((bytes, digest)) = self
-            .retrying(reference, || self.oci.pull_manifest_raw(&r, auth, ACCEPT))
+            .retrying(reference, || self.transport.manifest(&r, auth, ACCEPT))
             .await?
         else {
             return Ok(None);
@@ -528,9 +547,10 @@ impl RegistryClient {
         digest: &str,
     ) -> Result<bool, RegistryError> {
         let reference = self.by_digest(repo, digest);
-        let r = self.with_stored_auth(&reference).await?;
+        let r = self.parse(&reference)?;
+        let auth = &self.auth().await?.auth;
         Ok(self
-            .retrying(&reference, || self.oci.blob_exists(&r, digest))
+            .retrying(&reference, || self.transport.blob_exists(&r, auth, digest))
             .await?
             .unwrap_or(false))
     }
@@ -546,8 +566,9 @@ impl RegistryClient {
         use futures::TryStreamExt;
         let reference = self.by_digest(repo, digest);
         let r = self.with_stored_auth(&reference).await?;
+        let oci = self.oci()?;
         self.retrying(&reference, || async {
-            let mut stream = self.oci.pull_blob_stream(&r, digest).await?;
+            let mut stream = oci.pull_blob_stream(&r, digest).await?;
             if stream.content_length.is_some_and(|n| n > limit as u64) {
                 return Err(too_large(digest, limit));
             }
@@ -587,9 +608,10 @@ impl RegistryClient {
         let reference = self.by_digest(repo, digest);
         let r = self.parse(&reference)?;
         let auth = &self.auth().await?.auth;
+        let oci = self.oci()?;
         self.retrying(&reference, || async {
-            self.oci.auth(&r, auth, RegistryOperation::Push).await?;
-            self.oci.push_blob(&r, data.clone(), digest).await
+            oci.auth(&r, auth, RegistryOperation::Push).await?;
+            oci.push_blob(&r, data.clone(), digest).await
         })
         .await?;
         Ok(())
@@ -606,10 +628,9 @@ impl RegistryClient {
     ) -> Result<Vec<oci_client::manifest::ImageIndexEntry>, RegistryError> {
         let reference = self.by_digest(repo, subject);
         let r = self.with_stored_auth(&reference).await?;
+        let oci = self.oci()?;
         Ok(self
-            .retrying(&reference, || {
-                self.oci.pull_referrers(&r, Some(artifact_type))
-            })
+            .retrying(&reference, || oci.pull_referrers(&r, Some(artifact_type)))
             .await?
             .map(|index| index.manifests)
             .unwrap_or_default())
@@ -625,10 +646,10 @@ impl RegistryClient {
         let auth = &self.auth().await?.auth;
         let content_type = http::HeaderValue::from_str(&manifest.media_type)
             .map_err(|_| RegistryError::Reference(manifest.media_type.clone()))?;
+        let oci = self.oci()?;
         self.retrying(reference, || async {
-            self.oci.auth(&dst, auth, RegistryOperation::Push).await?;
-            self.oci
-                .push_manifest_raw(&dst, manifest.bytes.clone(), content_type.clone())
+            oci.auth(&dst, auth, RegistryOperation::Push).await?;
+            oci.push_manifest_raw(&dst, manifest.bytes.clone(), content_type.clone())
                 .await
         })
         .await?;
@@ -641,12 +662,13 @@ impl RegistryClient {
         let reference = self.repository(repo);
         let r = self.parse(&reference)?;
         let auth = &self.auth().await?.auth;
+        let oci = self.oci()?;
         let mut tags: Vec<String> = Vec::new();
         loop {
             let last = tags.last().cloned();
             let Some(page) = self
                 .retrying(&reference, || {
-                    self.oci.list_tags(&r, auth, Some(PAGE), last.as_deref())
+                    oci.list_tags(&r, auth, Some(PAGE), last.as_deref())
                 })
                 .await?
             else {
@@ -791,25 +813,7 @@ impl RegistryClient {
         scope: &str,
         auth: &RegistryAuth,
     ) -> Result<Option<String>, reqwest::Error> {
-        #[derive(serde::Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let mut query = vec![("scope", scope)];
-        if let Some(s) = service {
-            query.push(("service", s));
-        }
-        let mut request = self.http.get(realm).query(&query);
-        if let RegistryAuth::Basic(user, password) = auth {
-            request = request.basic_auth(user, Some(password));
-        }
-        let response = request.send().await?;
-        if !response.status().is_success() {
-            return Ok(None);
-        }
-        let token: Token = response.json().await?;
-        Ok(token.token.or(token.access_token))
+        transport::fetch_token(&self.http, realm, service, scope, auth).await
     }
 }
 

@@ -275,8 +275,8 @@ fn a_refused_input_manifest_is_a_warning_not_a_failure() {
 
 /// What reading the record costs: nothing for a service that is skipped; for one to be built, on a registry
 /// without the referrers API, four requests (the tag, the referrers API's 404, the referrers tag, the blob). (The
-/// client's `GET /v2/` before each request to an anonymous registry is not counted: it is the same for every
-/// request.)
+/// `GET /v2/` that learns how the registry authenticates is not counted: it is one per run, see
+/// `pipeline::a_no_change_build_pings_the_registry_once`.)
 #[test]
 fn the_record_is_read_only_for_services_to_build_in_four_requests() {
     let s = Services::get();

@@ -527,3 +527,40 @@ fn no_aws_credentials_is_one_line_with_the_fix() {
     );
     assert!(!err.contains("WARN") && !err.contains('{'), "{err}");
 }
+
+/// A no-change build on a fresh clone asks the registry how it authenticates once, not before every request, and
+/// every other request is about an image of the run.
+// See: issue 12 (oci-client pinged `/v2/` before each request on an anonymous registry: 600 requests for 50 skipped
+// services instead of 301).
+#[test]
+fn a_no_change_build_pings_the_registry_once() {
+    let s = Services::get();
+    let proxy = crate::common::proxy::RegistryProxy::start(&s.registry);
+    let (t, repos) = Tree::three_scratch_services(&proxy.addr, &s.buildkit_addr2);
+    let (code, _, err) = t.build(&[]);
+    assert_eq!(code, 0, "{err}");
+
+    let clone = Tree::new();
+    copy_tree(t.path(), clone.path());
+    std::fs::remove_dir_all(clone.join(".build-cache")).unwrap();
+    let before = proxy.log().len();
+    let (code, _, err) = clone.build(&["--addr", "unix:///nonexistent/buildkitd.sock"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        summary(&err),
+        pairs(&[("skipped", "a"), ("skipped", "b"), ("skipped", "c")]),
+        "{err}"
+    );
+    let requests: Vec<String> = proxy.log()[before..]
+        .iter()
+        .map(|(l, _)| l.clone())
+        .collect();
+    let pings = requests.iter().filter(|l| l.as_str() == "GET /v2/").count();
+    assert_eq!(pings, 1, "{requests:#?}");
+    for l in requests.iter().filter(|l| l.as_str() != "GET /v2/") {
+        assert!(
+            repos.iter().any(|r| l.contains(&format!("/v2/{r}/"))),
+            "{l} is not about an image of the run: {requests:#?}"
+        );
+    }
+}

@@ -170,19 +170,7 @@ fn an_empty_or_unreadable_manifest_is_not_a_hit() {
 fn a_failed_promotion_fails_only_its_service_and_dependents() {
     let s = Services::get();
     let proxy = RegistryProxy::start(&s.registry);
-    let (t, repos) = Tree::workspace_at(
-        &proxy.addr,
-        &s.buildkit_addr2,
-        "none",
-        &[("a", &[]), ("b", &[]), ("c", &["a"])],
-    );
-    let t = t
-        .file("a/Dockerfile", "FROM scratch\nCOPY f /\n")
-        .file("a/f", "a")
-        .file("b/Dockerfile", "FROM scratch\nCOPY f /\n")
-        .file("b/f", "b")
-        .file("c/Dockerfile", "FROM scratch\nCOPY f /\n")
-        .file("c/f", "c");
+    let (t, repos) = Tree::three_scratch_services(&proxy.addr, &s.buildkit_addr2);
     let (code, _, err) = t.build(&[]);
     assert_eq!(code, 0, "{err}");
 

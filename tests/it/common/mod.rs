@@ -322,6 +322,22 @@ impl Tree {
         (Tree::new().file("buildopt.toml", toml), repos)
     }
 
+    /// Services `a`, `b` and `c` (depends on `a`), each `COPY f /` of its own one-byte `f` onto scratch, pushed to
+    /// `registry`, built on `addr` with the default network.
+    pub fn three_scratch_services(registry: &str, addr: &str) -> (Tree, Vec<String>) {
+        let (t, repos) = Tree::workspace_at(
+            registry,
+            addr,
+            "none",
+            &[("a", &[]), ("b", &[]), ("c", &["a"])],
+        );
+        let t = ["a", "b", "c"].iter().fold(t, |t, name| {
+            t.file(format!("{name}/Dockerfile"), "FROM scratch\nCOPY f /\n")
+                .file(format!("{name}/f"), name)
+        });
+        (t, repos)
+    }
+
     /// Writes an executable (or any `mode`) file, creating parent directories.
     pub fn file_mode(&self, rel: impl AsRef<Path>, content: impl AsRef<[u8]>, mode: u32) {
         use std::os::unix::fs::PermissionsExt;
