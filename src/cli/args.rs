@@ -57,6 +57,26 @@ pub struct GlobalArgs {
         value_delimiter = ';'
     )]
     pub sets: Vec<String>,
+    /// SLSA provenance for every service: `mode=min`, `mode=max`, `true` (BuildKit's default) or `false`; the same
+    /// as --set '*.attest.provenance=VALUE' (a --set for one service still wins).
+    #[arg(long, global = true, env = "BUILDOPT_PROVENANCE", value_name = "VALUE")]
+    pub provenance: Option<String>,
+    /// An SBOM for every service: `true`, `false` or `generator=IMAGE`; the same as --set '*.attest.sbom=VALUE'.
+    #[arg(long, global = true, env = "BUILDOPT_SBOM", value_name = "VALUE")]
+    pub sbom: Option<String>,
+}
+
+impl GlobalArgs {
+    /// The `--set` overrides, `--provenance` and `--sbom` first (as `*.attest.*`), so that a --set naming a service
+    /// overrides them.
+    pub fn overrides(&self) -> Vec<String> {
+        let attest = [("provenance", &self.provenance), ("sbom", &self.sbom)];
+        attest
+            .into_iter()
+            .filter_map(|(key, value)| value.as_ref().map(|v| format!("*.attest.{key}={v}")))
+            .chain(self.sets.iter().cloned())
+            .collect()
+    }
 }
 
 /// The commands.

@@ -127,10 +127,11 @@ impl<T, E: Into<Error>> Context<T> for Result<T, E> {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli, printer: Printer) -> Result<ExitStatus, Error> {
+    let sets = cli.global.overrides();
     let source = Source {
         config: cli.global.config.as_deref(),
         compose: cli.global.file.as_deref(),
-        sets: &cli.global.sets,
+        sets: &sets,
         printer,
     };
     let load_workspace = || load_workspace(&source);

@@ -138,6 +138,17 @@ fn provenance_is_attached_to_the_pushed_image() {
     // Turning it off is a different build.
     let plan = t.run_ok(&["plan", "--set", "app.attest.provenance=false"]);
     assert!(plan.contains("provenance attestation changed"), "{plan}");
+    // --provenance is `*.attest.provenance`, and a --set naming the service wins over it.
+    let plan = t.run_ok(&["plan", "--provenance", "false"]);
+    assert!(plan.contains("provenance attestation changed"), "{plan}");
+    let plan = t.run_ok(&[
+        "plan",
+        "--provenance",
+        "false",
+        "--set",
+        "app.attest.provenance=mode=max",
+    ]);
+    assert!(plan.contains("skip: image for inputs"), "{plan}");
 }
 
 /// `--output` writes each type (directory, tar, OCI and docker tarballs) for every service (`{service}` in dest),
