@@ -1,6 +1,6 @@
 //! Made for CI: variables, overrides, branch caches.
 
-use crate::common::{Services, Tree, daemon_lock, unique_repo};
+use crate::common::{Services, Tree, daemon_lock, outcome, unique_repo};
 
 /// The tags of `repo`, sorted (none when the repository has no tags).
 fn tags(s: &Services, repo: &str) -> Vec<String> {
@@ -260,11 +260,7 @@ fn github_outputs_summary_and_annotations() {
             .args(args)
             .output()
             .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        outcome(out)
     };
     let outputs = || {
         let text = std::fs::read_to_string(t.join("a/github-output")).unwrap();

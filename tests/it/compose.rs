@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::common::{Services, Tree, copy_tree, pairs, summary, unique_repo};
+use crate::common::{Services, Tree, copy_tree, outcome, pairs, summary, unique_repo};
 
 /// A copy of examples/shop (without local state), for runs that write `.build-cache/`.
 fn shop() -> Tree {
@@ -17,11 +17,7 @@ fn shop() -> Tree {
 /// Runs buildopt in `t` with `REGISTRY` unset (the example's default registry is the test registry).
 fn run(t: &Tree, args: &[&str]) -> (i32, String, String) {
     let out = t.cmd().env_remove("REGISTRY").args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(out)
 }
 
 fn run_ok(t: &Tree, args: &[&str]) -> String {

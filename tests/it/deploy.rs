@@ -7,7 +7,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
-use crate::common::{Services, Tree, daemon_lock, env_or_file, summary, unique_repo};
+use crate::common::{Services, Tree, daemon_lock, env_or_file, outcome, summary, unique_repo};
 
 /// The registry that allows deletes (a third `docker-registry`, so that no other test's images are ever deleted).
 fn delete_registry() -> String {
@@ -159,11 +159,7 @@ fn aws_run(t: &Tree, env: &[(&str, &str)], args: &[&str]) -> (i32, String, Strin
         .args(args)
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(out)
 }
 
 /// `[services.NAME.deploy.ecs]` for the end of `buildopt.toml`.

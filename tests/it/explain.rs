@@ -193,20 +193,10 @@ fn without_a_record_in_the_registry_the_plan_falls_back_to_the_local_state() {
     // As if built before input manifests existed: the referrers index goes (a tag of 2.8 goes with its manifest).
     let tag = s.manifest_digest(repo, "latest").replace(':', "-");
     let index = s.manifest_digest(repo, &tag);
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "DELETE",
-        ])
-        .arg(format!("http://{}/v2/{repo}/manifests/{index}", s.registry))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "202");
+    assert_eq!(
+        s.registry_delete(&format!("/v2/{repo}/manifests/{index}")),
+        202
+    );
     assert_eq!(s.manifest(repo, &tag), None);
 
     std::fs::write(t.join("app/src/routes.rs"), "// edited\n").unwrap();

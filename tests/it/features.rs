@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::common::{Services, Tree, daemon_lock, summary, unique_repo};
+use crate::common::{Services, Tree, daemon_lock, outcome, summary, unique_repo};
 
 /// (BuildKit address, RUN network) of each daemon: the second refuses `network.host`.
 fn daemons() -> Vec<(String, &'static str)> {
@@ -24,11 +24,7 @@ fn run(t: &Tree, env: &[(&str, &str)], unset: &[&str], args: &[&str]) -> (i32, S
         cmd.env_remove(k);
     }
     let out = cmd.args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(out)
 }
 
 /// A value no test writes anywhere else.

@@ -105,20 +105,7 @@ fn a_content_tag_with_a_missing_blob_is_rebuilt() {
         .as_str()
         .unwrap()
         .to_owned();
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "DELETE",
-        ])
-        .arg(format!("http://{}/v2/{repo}/blobs/{layer}", s.registry))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "202");
+    assert_eq!(s.registry_delete(&format!("/v2/{repo}/blobs/{layer}")), 202);
 
     let plan = t.run_ok(&["plan"]);
     assert!(

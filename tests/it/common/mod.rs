@@ -15,6 +15,15 @@ pub struct Tree {
     dir: tempfile::TempDir,
 }
 
+/// A finished process as (exit code, stdout, stderr): -1 when a signal ended it, the output as lossy UTF-8.
+pub fn outcome(out: std::process::Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 impl Tree {
     pub fn new() -> Tree {
         Tree {
@@ -88,14 +97,10 @@ impl Tree {
         cmd
     }
 
-    /// Runs buildopt here with `args`; returns (exit code, stdout, stderr), the output as lossy UTF-8.
+    /// Runs buildopt here with `args`; returns (exit code, stdout, stderr), as [`outcome`] does.
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
         let out = self.cmd().args(args).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        outcome(out)
     }
 
     /// Runs buildopt here with `args`, which must succeed; returns stdout.
@@ -200,6 +205,27 @@ impl Services {
             std::fs::read_to_string(&headers).unwrap_or_default(),
             std::fs::read(&body).unwrap_or_default(),
         )
+    }
+
+    /// DELETE `path` (`/v2/...`) on the registry; returns the HTTP status (0 when curl got none).
+    pub fn registry_delete(&self, path: &str) -> u16 {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "DELETE",
+            ])
+            .arg(format!("http://{}{path}", self.registry))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
     }
 
     /// The manifest of `repo:reference` as JSON, or None on 404.
