@@ -106,6 +106,16 @@ pub fn named_local(name: &str) -> String {
     format!("named-{}", &Digest::of(name.as_bytes()).to_string()[..16])
 }
 
+/// The digest of each entry (path, metadata and, for files, `contents`), in parallel.
+fn entry_digests(entries: &[Entry], contents: &[Option<Digest>]) -> Vec<Digest> {
+    entries
+        .par_iter()
+        .zip(contents)
+        .with_min_len(256)
+        .map(|(e, c)| entry_digest(e, c.as_ref()))
+        .collect()
+}
+
 /// Hashes the named local contexts of `svc`.
 fn hash_named(svc: &Service, index: &Index, own: &[PathBuf]) -> Result<Vec<NamedLocal>, HashError> {
     let mut out = Vec::new();
@@ -118,8 +128,8 @@ fn hash_named(svc: &Service, index: &Index, own: &[PathBuf]) -> Result<Vec<Named
         let contents = hash_contents(dir, &index_scope(&ignore.patterns), &mut entries, index)?;
         let mut f = Fields::new(SERVICE_KEY);
         f.bytes(b"named local").u64(entries.len() as u64);
-        for (e, c) in entries.iter().zip(&contents) {
-            f.0.update(&entry_digest(e, c.as_ref()).0);
+        for d in entry_digests(&entries, &contents) {
+            f.0.update(&d.0);
         }
         out.push(NamedLocal {
             name: name.clone(),
@@ -194,12 +204,7 @@ pub fn hash_service(
         &mut entries,
         index,
     )?;
-    let entry_digests: Vec<Digest> = entries
-        .par_iter()
-        .zip(&contents)
-        .with_min_len(256)
-        .map(|(e, c)| entry_digest(e, c.as_ref()))
-        .collect();
+    let entry_digests = entry_digests(&entries, &contents);
 
     let dockerfile_bytes = fs_err::read(&svc.dockerfile).map_err(|source| HashError::Read {
         path: svc.dockerfile.clone(),
