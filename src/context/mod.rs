@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub(crate) use frontend::transfer_filter;
 pub use gostr::quote_path;
 pub use pattern::{PatternError, PatternMatcher};
-pub use walk::{Entry, EntryKind, walk};
+pub use walk::{Entry, EntryKind, walk, walk_each};
 
 /// Why a context could not be selected. Everything but [`ContextError::Io`] is a case where BuildKit would fail
 /// the build too, so buildopt refuses it up front (exit code 2).

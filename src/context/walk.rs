@@ -107,89 +107,127 @@ const PARALLEL_CHILDREN: usize = 16;
 
 /// Walks `root` through `filter`, returning the kept entries in send order. Fails where fsutil's walk fails,
 /// including on a pattern whose regexp does not compile when it is first evaluated.
-///
-/// The children of a directory are stat'ed and matched in parallel (on the caller's rayon pool); the list itself is
-/// built in send order by one thread, into one vector, and the first error in that order is the one returned, as a
-/// sequential walk would return it. (Assembling per-directory lists instead doubled the peak memory of a 100k-entry
-/// walk: issue 12.)
 pub fn walk(root: &Path, filter: &ContextFilter) -> Result<Vec<Entry>, ContextError> {
     let mut out = Vec::new();
-    dir(filter, root, &[], None, false, &mut out)?;
+    walk_each(root, filter, |e| {
+        out.push(e);
+        Ok::<(), ContextError>(())
+    })?;
     Ok(out)
 }
 
-/// Appends what is kept below directory `abs` (at `rel`) to `out`, in send order.
-fn dir(
+/// Walks `root` through `filter`, handing each kept entry to `visit` in send order, so that nothing but the current
+/// directory's children and the path down to it is held (issue 12: memory must not grow with the context). Stops at
+/// the first error of `visit` or of the walk, in send order: the one a sequential walk would return.
+///
+/// The children of a directory are stat'ed and matched in parallel (on the caller's rayon pool); `visit` is called
+/// by the calling thread.
+pub fn walk_each<E: From<ContextError>>(
+    root: &Path,
     filter: &ContextFilter,
-    abs: &Path,
-    rel: &[u8],
-    parent: Option<&Parent>,
-    only_walked: bool,
-    out: &mut Vec<Entry>,
-) -> Result<(), ContextError> {
-    let io = |source| ContextError::Io {
-        path: abs.to_owned(),
-        source,
+    visit: impl FnMut(Entry) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut walker = Walker {
+        filter,
+        pending: Vec::new(),
+        visit,
     };
-    let read = match fs_err::read_dir(abs) {
-        Ok(read) => read,
-        // fsutil tolerates a permission error on a directory it only walks for `!` exceptions.
-        Err(e) if only_walked && e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Ok(());
+    walker.dir(root, &[], None, false)
+}
+
+/// The state of one walk.
+struct Walker<'f, F> {
+    filter: &'f ContextFilter,
+    /// Directories walked only for `!` exceptions (excluded themselves), outermost first, not yet handed on: each
+    /// goes out just before the first kept entry below it, or not at all.
+    pending: Vec<Entry>,
+    visit: F,
+}
+
+impl<F> Walker<'_, F> {
+    /// Hands `entry` on, after the pending directories above it.
+    fn emit<E>(&mut self, entry: Entry) -> Result<(), E>
+    where
+        F: FnMut(Entry) -> Result<(), E>,
+    {
+        for dir in std::mem::take(&mut self.pending) {
+            (self.visit)(dir)?;
         }
-        Err(e) => return Err(io(e)),
-    };
-    let mut names = Vec::new();
-    for child in read {
-        let child = child.map_err(io)?;
-        names.push((child.file_name(), child));
+        (self.visit)(entry)
     }
-    names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let visit = |(name, dirent): &(std::ffi::OsString, fs_err::DirEntry)| {
-        let mut path = Vec::with_capacity(rel.len() + 1 + name.len());
-        path.extend_from_slice(rel);
-        if !path.is_empty() {
-            path.push(b'/');
-        }
-        path.extend_from_slice(name.as_bytes());
-        child(filter, abs, name, dirent, path, parent)
-    };
-    let children = if names.len() >= PARALLEL_CHILDREN {
-        names.par_iter().with_max_len(8).map(visit).collect()
-    } else {
-        names.iter().map(visit).collect::<Vec<_>>()
-    };
-    drop(names);
-    for c in children {
-        let Child::Seen(entry, kept, inherit) = c? else {
-            continue;
+
+    /// Hands on what is kept below directory `abs` (at `rel`), in send order.
+    fn dir<E: From<ContextError>>(
+        &mut self,
+        abs: &Path,
+        rel: &[u8],
+        parent: Option<&Parent>,
+        only_walked: bool,
+    ) -> Result<(), E>
+    where
+        F: FnMut(Entry) -> Result<(), E>,
+    {
+        let filter = self.filter;
+        let io = |source| ContextError::Io {
+            path: abs.to_owned(),
+            source,
         };
-        let Some(inherit) = inherit else {
-            if kept {
-                out.push(entry);
+        let read = match fs_err::read_dir(abs) {
+            Ok(read) => read,
+            // fsutil tolerates a permission error on a directory it only walks for `!` exceptions.
+            Err(e) if only_walked && e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Ok(());
             }
-            continue;
+            Err(e) => return Err(io(e).into()),
         };
-        let sub = abs.join(std::ffi::OsStr::from_bytes(
-            entry.path.rsplit(|&b| b == b'/').next().unwrap_or_default(),
-        ));
-        // A directory walked only for `!` exceptions goes in first and comes out again when nothing below it is
-        // kept: the same list as emitting it lazily before its first kept descendant.
-        let mark = out.len();
-        out.push(entry);
-        dir(
-            filter,
-            &sub,
-            &out[mark].path.clone(),
-            Some(&inherit),
-            !kept,
-            out,
-        )?;
-        if !kept && out.len() == mark + 1 {
-            out.pop();
+        let mut names = Vec::new();
+        for child in read {
+            let child = child.map_err(io)?;
+            names.push((child.file_name(), child));
         }
+        names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let visit = |(name, dirent): &(std::ffi::OsString, fs_err::DirEntry)| {
+            let mut path = Vec::with_capacity(rel.len() + 1 + name.len());
+            path.extend_from_slice(rel);
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name.as_bytes());
+            child(filter, abs, name, dirent, path, parent)
+        };
+        let children = if names.len() >= PARALLEL_CHILDREN {
+            names.par_iter().with_max_len(8).map(visit).collect()
+        } else {
+            names.iter().map(visit).collect::<Vec<_>>()
+        };
+        drop(names);
+        for c in children {
+            let Child::Seen(entry, kept, inherit) = c? else {
+                continue;
+            };
+            let Some(inherit) = inherit else {
+                if kept {
+                    self.emit(entry)?;
+                }
+                continue;
+            };
+            let sub = abs.join(std::ffi::OsStr::from_bytes(
+                entry.path.rsplit(|&b| b == b'/').next().unwrap_or_default(),
+            ));
+            let rel = entry.path.clone();
+            // A directory walked only for `!` exceptions waits in `pending` until something below it is kept, and is
+            // dropped when nothing is.
+            let depth = self.pending.len();
+            if kept {
+                self.emit(entry)?;
+            } else {
+                self.pending.push(entry);
+            }
+            self.dir(&sub, &rel, Some(&inherit), !kept)?;
+            self.pending.truncate(depth);
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Stats and matches one child `name` of directory `dir`.
