@@ -48,18 +48,6 @@ pub struct Index {
     now_ns: i64,
 }
 
-/// What the index knew about one context's entries.
-#[derive(Debug)]
-pub struct Known {
-    /// Per entry (same order as the entries looked up), the recorded content hash where the stat still matches.
-    pub digests: Vec<Option<Digest>>,
-    /// The index file for this context differs from what the entries would record (records missing, extra or
-    /// stale, or the file unreadable): it is worth saving.
-    pub stale: bool,
-    /// Why the file was not usable, if it was not (corrupt, unreadable).
-    pub problem: Option<String>,
-}
-
 impl Index {
     /// An index that remembers nothing and is never saved.
     pub fn disabled() -> Index {
@@ -90,72 +78,205 @@ impl Index {
         Some((dir.join(INDEX_DIR).join(hex::encode(&id[..16])), id))
     }
 
-    /// The recorded content hashes of the regular files among `entries` (in send order, as the walk of `root` with
-    /// ignore patterns `scope` produced them) whose stat fields still match.
-    pub fn lookup(&self, root: &Path, scope: &[u8], entries: &[Entry]) -> Known {
-        let mut known = Known {
-            digests: vec![None; entries.len()],
-            stale: true,
+    /// A pass over the index file of context `root` walked with ignore patterns `scope`, in send order. With `save`,
+    /// the file is brought up to date with what the pass records (see [`Pass`]); without, it is only read (a pass
+    /// over part of a context must not replace the records of the whole).
+    pub fn pass(&self, root: &Path, scope: &[u8], save: bool) -> Pass<'_> {
+        let mut pass = Pass {
+            index: self,
+            file: self.file(root, scope),
+            reader: None,
+            current: false,
             problem: None,
+            save,
+            failed: None,
+            stale: false,
+            matched: 0,
+            writer: None,
         };
-        let Some((file, id)) = self.file(root, scope) else {
-            known.stale = false;
-            return known;
+        let Some((file, id)) = &pass.file else {
+            return pass;
         };
-        let mut reader = match fs_err::File::open(&file) {
-            Ok(f) => Records::new(BufReader::with_capacity(64 << 10, f), id),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return known,
-            Err(e) => {
-                known.problem = Some(format!("cannot read {}: {e}", file.display()));
-                return known;
+        match fs_err::File::open(file) {
+            Ok(f) => {
+                let mut reader = Records::new(BufReader::with_capacity(64 << 10, f), *id);
+                pass.current = reader.next();
+                pass.reader = Some(reader);
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => pass.problem = Some(format!("cannot read {}: {e}", file.display())),
+        }
+        pass
+    }
+}
+
+/// One pass over a context's index file, in send order: [`Pass::lookup`] each entry as the walk produces it, then
+/// [`Pass::record`] it with its content hash, then [`Pass::finish`]. Lookups merge with the file's records (no map,
+/// nothing held); a saving pass writes a new file only from the first difference on (copying the records that
+/// matched before it from the old file), so a pass over unchanged files writes nothing, and memory never grows
+/// with the context.
+pub struct Pass<'a> {
+    index: &'a Index,
+    file: Option<(PathBuf, [u8; 32])>,
+    reader: Option<Records<BufReader<fs_err::File>>>,
+    /// Whether `reader` holds a record not yet merged.
+    current: bool,
+    problem: Option<String>,
+    save: bool,
+    /// The write that ended the saving, if one failed.
+    failed: Option<std::io::Error>,
+    /// The file differs from what the entries looked up so far would record.
+    stale: bool,
+    /// Entries recorded before anything differed: the file's first records, to copy when something does.
+    matched: u64,
+    writer: Option<Writer>,
+}
+
+impl Pass<'_> {
+    /// The recorded content hash of `e` (a regular file, the next in send order) if its stat still matches.
+    pub fn lookup(&mut self, e: &Entry) -> Option<Digest> {
+        if e.kind != EntryKind::File || self.file.is_none() {
+            return None;
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            self.stale = true;
+            return None;
         };
-        let mut stale = false;
-        let mut rec = reader.next();
-        for (e, slot) in entries.iter().zip(&mut known.digests) {
-            if e.kind != EntryKind::File {
-                continue;
-            }
-            // Records before this path are of files that are gone (or no longer regular files).
-            while rec && walk_cmp(&reader.path, &e.path) == std::cmp::Ordering::Less {
-                stale = true;
-                rec = reader.next();
-            }
-            if rec && reader.path == e.path {
-                if reader.fingerprint == fingerprint(e) {
-                    *slot = Some(reader.digest);
-                } else {
-                    stale = true;
-                }
-                rec = reader.next();
-            } else {
-                stale = true;
-            }
+        // Records before this path are of files that are gone (or no longer regular files).
+        while self.current && walk_cmp(&reader.path, &e.path) == std::cmp::Ordering::Less {
+            self.stale = true;
+            self.current = reader.next();
         }
-        if rec || !reader.complete() {
-            stale = true;
+        if !(self.current && reader.path == e.path) {
+            self.stale = true;
+            return None;
         }
-        if let Some(why) = reader.problem {
-            known.problem = Some(format!("{} {why}", file.display()));
-        }
-        known.stale = stale;
-        known
+        let hit = (reader.fingerprint == fingerprint(e)).then_some(reader.digest);
+        self.stale |= hit.is_none();
+        self.current = reader.next();
+        hit
     }
 
-    /// Writes the index file of context `root` (ignore patterns `scope`) atomically: a record for each regular file
-    /// among `entries` with a content hash in `contents` (same order), except files that changed too recently to be
-    /// trusted later. Also removes the single-file index of earlier versions.
-    pub fn save(
-        &self,
-        root: &Path,
-        scope: &[u8],
-        entries: &[Entry],
-        contents: &[Option<Digest>],
-    ) -> std::io::Result<()> {
-        let Some((file, id)) = self.file(root, scope) else {
-            return Ok(());
+    /// Records `e` (the next entry looked up) with its content hash, if it is a regular file that has one and did
+    /// not change too recently to be trusted later. Only a saving pass writes, and only once something differs. A
+    /// write that fails ends the saving (the old file stays); [`Pass::finish`] returns the error.
+    pub fn record(&mut self, e: &Entry, content: Option<&Digest>) {
+        let Some(digest) = content else {
+            return;
         };
-        let cache = self
+        if !self.save
+            || self.file.is_none()
+            || e.kind != EntryKind::File
+            || e.ctime_ns >= self.index.now_ns - RACY_WINDOW.as_nanos() as i64
+        {
+            return;
+        }
+        if self.writer.is_none() && !self.stale {
+            self.matched += 1;
+            return;
+        }
+        let written = match self.writer.as_mut() {
+            Some(w) => w.push(&e.path, fingerprint(e), digest),
+            None => self.start_writing().and_then(|()| {
+                self.writer
+                    .as_mut()
+                    .expect("started")
+                    .push(&e.path, fingerprint(e), digest)
+            }),
+        };
+        if let Err(e) = written {
+            self.abandon(e);
+        }
+    }
+
+    /// Stops saving after a failed write, removing the temporary file.
+    fn abandon(&mut self, error: std::io::Error) {
+        if let Some(w) = self.writer.take() {
+            drop(w.out);
+            let _ = fs_err::remove_file(&w.tmp);
+        }
+        self.save = false;
+        self.failed.get_or_insert(error);
+    }
+
+    /// Opens the new file and copies into it the records that matched so far.
+    fn start_writing(&mut self) -> std::io::Result<()> {
+        let (file, id) = self.file.clone().expect("only a pass with a file writes");
+        let mut w = Writer::create(self.index, &file, &id)?;
+        if self.matched > 0 {
+            let old = fs_err::File::open(&file)?;
+            let mut old = Records::new(BufReader::with_capacity(64 << 10, old), id);
+            for _ in 0..self.matched {
+                if !old.next() {
+                    return Err(std::io::Error::other(format!(
+                        "{} changed while it was read",
+                        file.display()
+                    )));
+                }
+                w.push(&old.path, old.fingerprint, &old.digest)?;
+            }
+        }
+        self.writer = Some(w);
+        Ok(())
+    }
+
+    /// Whether the file differs from what the entries looked up so far would record (records missing, extra or
+    /// stale, or the file missing or unreadable); after the last lookup, whether it is worth saving.
+    pub fn stale(&self) -> bool {
+        self.stale || self.current || self.reader.as_ref().is_none_or(|r| !r.complete())
+    }
+
+    /// Ends the pass: a saving pass puts the new file in place if anything differed. Returns why the old file was
+    /// not usable, if it was not (corrupt, unreadable), for a warning; an error when the new one could not be
+    /// written (the old one then stays).
+    pub fn finish(mut self) -> std::io::Result<Option<String>> {
+        // Records the walk never reached (files that are gone) or an unreadable file.
+        if let Some(reader) = &mut self.reader {
+            while self.current {
+                self.stale = true;
+                self.current = reader.next();
+            }
+        }
+        let problem = self.problem.take().or_else(|| {
+            let (file, _) = self.file.as_ref()?;
+            let why = self.reader.as_ref()?.problem?;
+            Some(format!("{} {why}", file.display()))
+        });
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        if !self.save || self.file.is_none() {
+            return Ok(problem);
+        }
+        if self.writer.is_none() && self.stale() {
+            self.start_writing()?;
+        }
+        if let Some(w) = self.writer.take() {
+            let tmp = w.tmp.clone();
+            if let Err(e) = w.finish() {
+                let _ = fs_err::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        Ok(problem)
+    }
+}
+
+/// A new index file, written under a temporary name a block at a time and renamed into place when complete.
+struct Writer {
+    tmp: PathBuf,
+    file: PathBuf,
+    out: BufWriter<fs_err::File>,
+    block: Vec<u8>,
+    count: u32,
+    prev: Vec<u8>,
+}
+
+impl Writer {
+    /// Starts the file `file` (with check value `id`), creating the cache directory when missing and removing the
+    /// single-file index of earlier versions.
+    fn create(index: &Index, file: &Path, id: &[u8; 32]) -> std::io::Result<Writer> {
+        let cache = index
             .dir
             .as_deref()
             .expect("an index with a file has a directory");
@@ -165,53 +286,67 @@ impl Index {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let racy = self.now_ns - RACY_WINDOW.as_nanos() as i64;
         // Services that share a context and its patterns are hashed in parallel and save the same file: each
         // writes its own temporary file, and the last rename wins (both hold true records).
         static SAVES: AtomicU64 = AtomicU64::new(0);
         let n = SAVES.fetch_add(1, Ordering::Relaxed);
         let tmp = file.with_extension(format!("tmp.{}.{n}", std::process::id()));
-        let mut w = BufWriter::with_capacity(64 << 10, fs_err::File::create(&tmp)?);
-        w.write_all(MAGIC)?;
-        w.write_all(&id)?;
-        let mut block = Vec::with_capacity(64 << 10);
-        let mut count = 0u32;
-        let mut prev: &[u8] = &[];
-        let flush = |w: &mut BufWriter<fs_err::File>, block: &mut Vec<u8>, count: &mut u32| {
-            w.write_all(&(block.len() as u32).to_le_bytes())?;
-            w.write_all(&count.to_le_bytes())?;
-            w.write_all(block)?;
-            w.write_all(block_sum(*count, block).as_bytes())?;
-            block.clear();
-            *count = 0;
-            std::io::Result::Ok(())
-        };
-        for (e, c) in entries.iter().zip(contents) {
-            let Some(digest) = c else { continue };
-            if e.kind != EntryKind::File || e.ctime_ns >= racy {
-                continue;
-            }
-            let shared = prev.iter().zip(&e.path).take_while(|(a, b)| a == b).count();
-            varint(&mut block, shared as u64);
-            varint(&mut block, (e.path.len() - shared) as u64);
-            block.extend_from_slice(&e.path[shared..]);
-            block.extend_from_slice(&fingerprint(e).to_le_bytes());
-            block.extend_from_slice(&digest.0);
-            prev = &e.path;
-            count += 1;
-            if count as usize == BLOCK_RECORDS {
-                flush(&mut w, &mut block, &mut count)?;
-            }
+        let mut out = BufWriter::with_capacity(64 << 10, fs_err::File::create(&tmp)?);
+        out.write_all(MAGIC)?;
+        out.write_all(id)?;
+        Ok(Writer {
+            tmp,
+            file: file.to_owned(),
+            out,
+            block: Vec::with_capacity(64 << 10),
+            count: 0,
+            prev: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, path: &[u8], fingerprint: u64, digest: &Digest) -> std::io::Result<()> {
+        let shared = self
+            .prev
+            .iter()
+            .zip(path)
+            .take_while(|(a, b)| a == b)
+            .count();
+        varint(&mut self.block, shared as u64);
+        varint(&mut self.block, (path.len() - shared) as u64);
+        self.block.extend_from_slice(&path[shared..]);
+        self.block.extend_from_slice(&fingerprint.to_le_bytes());
+        self.block.extend_from_slice(&digest.0);
+        self.prev.truncate(shared);
+        self.prev.extend_from_slice(&path[shared..]);
+        self.count += 1;
+        if self.count as usize == BLOCK_RECORDS {
+            self.flush_block()?;
         }
-        if count > 0 {
-            flush(&mut w, &mut block, &mut count)?;
+        Ok(())
+    }
+
+    fn flush_block(&mut self) -> std::io::Result<()> {
+        self.out
+            .write_all(&(self.block.len() as u32).to_le_bytes())?;
+        self.out.write_all(&self.count.to_le_bytes())?;
+        self.out.write_all(&self.block)?;
+        self.out
+            .write_all(block_sum(self.count, &self.block).as_bytes())?;
+        self.block.clear();
+        self.count = 0;
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        if self.count > 0 {
+            self.flush_block()?;
         }
         // The end marker: an empty block.
-        flush(&mut w, &mut block, &mut count)?;
+        self.flush_block()?;
         // No fsync: after a crash a torn file fails its checksums and is rebuilt.
-        w.flush()?;
-        drop(w);
-        fs_err::rename(&tmp, &file)
+        self.out.flush()?;
+        drop(self.out);
+        fs_err::rename(&self.tmp, &self.file)
     }
 }
 
@@ -406,6 +541,8 @@ impl<R: Read> Records<R> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
     fn file(path: &str, ino: u64) -> Entry {
@@ -421,6 +558,51 @@ mod tests {
         }
     }
 
+    /// What a read-only pass knows of `entries`.
+    struct Known {
+        digests: Vec<Option<Digest>>,
+        stale: bool,
+        problem: Option<String>,
+    }
+
+    fn lookup(idx: &Index, root: &Path, scope: &[u8], entries: &[Entry]) -> Known {
+        let mut pass = idx.pass(root, scope, false);
+        let digests = entries.iter().map(|e| pass.lookup(e)).collect();
+        let stale = pass.stale();
+        let problem = pass.finish().unwrap();
+        Known {
+            digests,
+            stale,
+            problem,
+        }
+    }
+
+    /// A saving pass over `entries` with `contents`; whether it wrote the file.
+    fn save(
+        idx: &Index,
+        root: &Path,
+        scope: &[u8],
+        entries: &[Entry],
+        contents: &[Option<Digest>],
+    ) -> bool {
+        let file = idx.file(root, scope).map(|(f, _)| f);
+        let before = file
+            .as_ref()
+            .and_then(|f| std::fs::metadata(f).ok())
+            .map(|m| m.ino());
+        let mut pass = idx.pass(root, scope, true);
+        for (e, c) in entries.iter().zip(contents) {
+            pass.lookup(e);
+            pass.record(e, c.as_ref());
+        }
+        pass.finish().unwrap();
+        let after = file
+            .as_ref()
+            .and_then(|f| std::fs::metadata(f).ok())
+            .map(|m| m.ino());
+        before != after
+    }
+
     fn dir(path: &str) -> Entry {
         Entry {
             kind: EntryKind::Dir,
@@ -434,32 +616,32 @@ mod tests {
         let idx = Index::open(cache.path());
         let root = Path::new("/x");
         let entries = vec![file("a", 1), dir("b"), file("b/c", 2), file("b.d", 3)];
-        let known = idx.lookup(root, b"", &entries);
+        let known = lookup(&idx, root, b"", &entries);
         assert_eq!(known.digests, vec![None; 4]);
         assert!(known.stale && known.problem.is_none());
 
         let d = |n| Some(Digest([n; 32]));
         let contents = vec![d(1), None, d(2), d(3)];
-        idx.save(root, b"", &entries, &contents).unwrap();
-        let known = idx.lookup(root, b"", &entries);
+        assert!(save(&idx, root, b"", &entries, &contents));
+        let known = lookup(&idx, root, b"", &entries);
         assert_eq!(known.digests, contents);
         assert!(!known.stale);
 
         // Another scope (other ignore patterns) or root has records of its own.
-        assert_eq!(idx.lookup(root, b"x", &entries).digests, vec![None; 4]);
+        assert_eq!(lookup(&idx, root, b"x", &entries).digests, vec![None; 4]);
         assert_eq!(
-            idx.lookup(Path::new("/y"), b"", &entries).digests,
+            lookup(&idx, Path::new("/y"), b"", &entries).digests,
             vec![None; 4]
         );
 
         // A touched file misses; a removed one and a new one make the file stale, the others still hit.
         let mut touched = entries.clone();
         touched[2].mtime_ns += 1;
-        let known = idx.lookup(root, b"", &touched);
+        let known = lookup(&idx, root, b"", &touched);
         assert_eq!(known.digests, vec![d(1), None, None, d(3)]);
         assert!(known.stale);
         let fewer = vec![file("a", 1), dir("b"), file("b.d", 3)];
-        let known = idx.lookup(root, b"", &fewer);
+        let known = lookup(&idx, root, b"", &fewer);
         assert_eq!(known.digests, vec![d(1), None, d(3)]);
         assert!(known.stale);
         let more = vec![
@@ -469,7 +651,7 @@ mod tests {
             file("b/c", 2),
             file("b.d", 3),
         ];
-        let known = idx.lookup(root, b"", &more);
+        let known = lookup(&idx, root, b"", &more);
         assert_eq!(known.digests, vec![d(1), None, None, d(2), d(3)]);
         assert!(known.stale);
 
@@ -480,7 +662,7 @@ mod tests {
             let mut bad = good.clone();
             bad[i] ^= 0x40;
             std::fs::write(&path, &bad).unwrap();
-            let known = idx.lookup(root, b"", &entries);
+            let known = lookup(&idx, root, b"", &entries);
             assert!(known.stale, "flipped byte {i} went unnoticed");
             assert!(known.problem.is_some(), "flipped byte {i} went unnoticed");
             for (got, want) in known.digests.iter().zip(&contents) {
@@ -491,7 +673,7 @@ mod tests {
             }
         }
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
-        assert!(idx.lookup(root, b"", &entries).problem.is_some());
+        assert!(lookup(&idx, root, b"", &entries).problem.is_some());
     }
 
     #[test]
@@ -502,14 +684,49 @@ mod tests {
         let contents: Vec<_> = (0..3000)
             .map(|i| Some(Digest([(i % 251) as u8; 32])))
             .collect();
-        idx.save(Path::new("/r"), b"", &entries, &contents).unwrap();
-        let known = idx.lookup(Path::new("/r"), b"", &entries);
+        assert!(save(&idx, Path::new("/r"), b"", &entries, &contents));
+        let known = lookup(&idx, Path::new("/r"), b"", &entries);
         assert_eq!(known.digests, contents);
         assert!(!known.stale);
         let (path, _) = idx.file(Path::new("/r"), b"").unwrap();
-        let per_entry = std::fs::metadata(path).unwrap().len() as f64 / 3000.0;
+        let per_entry = std::fs::metadata(&path).unwrap().len() as f64 / 3000.0;
         // 40 bytes of record, plus a front-coded path of a few bytes.
         assert!(per_entry < 48.0, "{per_entry} bytes per entry");
+
+        // Nothing changed: nothing written.
+        assert!(!save(&idx, Path::new("/r"), b"", &entries, &contents));
+        // A change in the third block: the records before it come from the old file, and the new file is the one a
+        // pass from scratch writes.
+        let mut changed = entries.clone();
+        changed[2700].mtime_ns += 1;
+        let mut new_contents = contents.clone();
+        new_contents[2700] = Some(Digest([7; 32]));
+        assert!(save(&idx, Path::new("/r"), b"", &changed, &new_contents));
+        let updated = std::fs::read(&path).unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        let scratch = Index::open(fresh.path());
+        assert!(save(
+            &scratch,
+            Path::new("/r"),
+            b"",
+            &changed,
+            &new_contents
+        ));
+        let (fresh_path, _) = scratch.file(Path::new("/r"), b"").unwrap();
+        assert_eq!(updated, std::fs::read(fresh_path).unwrap());
+        assert_eq!(
+            lookup(&idx, Path::new("/r"), b"", &changed).digests,
+            new_contents
+        );
+        // A file gone at the end is noticed too.
+        assert!(save(
+            &idx,
+            Path::new("/r"),
+            b"",
+            &changed[..2999],
+            &new_contents[..2999]
+        ));
+        assert!(!lookup(&idx, Path::new("/r"), b"", &changed[..2999]).stale);
     }
 
     #[test]
@@ -526,14 +743,21 @@ mod tests {
     fn saving_creates_the_cache_dir_with_a_gitignore_and_keeps_an_existing_one() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join(".build-cache");
-        Index::open(&dir).save(root.path(), b"", &[], &[]).unwrap();
+        save(&Index::open(&dir), root.path(), b"", &[], &[]);
         let ignore = dir.join(GITIGNORE_FILE);
         let text = std::fs::read_to_string(&ignore).unwrap();
         assert!(text.lines().any(|l| l == "*"), "{text}");
 
         std::fs::write(&ignore, "mine\n").unwrap();
         std::fs::write(dir.join(OLD_INDEX_FILE), "old").unwrap();
-        Index::open(&dir).save(root.path(), b"", &[], &[]).unwrap();
+        // Another context: a file to write.
+        assert!(save(
+            &Index::open(&dir),
+            &root.path().join("other"),
+            b"",
+            &[],
+            &[]
+        ));
         assert_eq!(std::fs::read_to_string(&ignore).unwrap(), "mine\n");
         assert!(
             !dir.join(OLD_INDEX_FILE).exists(),
@@ -548,9 +772,14 @@ mod tests {
         let mut e = file("a", 1);
         e.ctime_ns = idx.now_ns;
         let entries = vec![e];
-        idx.save(Path::new("/r"), b"", &entries, &[Some(Digest([1; 32]))])
-            .unwrap();
-        let known = idx.lookup(Path::new("/r"), b"", &entries);
+        save(
+            &idx,
+            Path::new("/r"),
+            b"",
+            &entries,
+            &[Some(Digest([1; 32]))],
+        );
+        let known = lookup(&idx, Path::new("/r"), b"", &entries);
         assert_eq!(known.digests, vec![None]);
         assert!(known.stale && known.problem.is_none());
     }

@@ -306,11 +306,7 @@ fn path_hash(path: &[u8]) -> [u8; 8] {
 
 /// The blake3 of the entry digests in order.
 fn entries_digest(digests: &[Digest]) -> Digest {
-    let mut h = blake3::Hasher::new();
-    for d in digests {
-        h.update(&d.0);
-    }
-    h.finalize().into()
+    crate::hash::EntriesDigest::of(digests).digest()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use super::{Context as _, Error, ExitStatus, hash_all, select};
+use super::{Context as _, Error, ExitStatus, digest_all, select};
 use crate::cli::args::HashArgs;
 use crate::config::Workspace;
 use crate::hash::listed_entries;
@@ -26,11 +26,11 @@ pub(super) fn run(ws: &Workspace, args: &HashArgs, printer: Printer) -> Result<E
         return Ok(ExitStatus::Success);
     }
     let services = select(ws, &args.services)?;
-    let inputs = hash_all(ws, &services, &[])?;
+    let digests = digest_all(ws, &services)?;
     let mut out = printer.stdout();
-    for (svc, inp) in services.iter().zip(&inputs) {
+    for (svc, digest) in services.iter().zip(&digests) {
         if args.services.is_empty() || args.services.contains(&svc.name) {
-            writeln!(out, "{} {}", svc.name, inp.digest)?;
+            writeln!(out, "{} {}", svc.name, digest)?;
         }
     }
     Ok(ExitStatus::Success)

@@ -19,7 +19,7 @@ use crate::cli::args::{Cli, Command};
 use crate::config::{ConfigError, LoadOptions, Registry, Service, Workspace};
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
-use crate::hash::{ServiceInputs, hash_service};
+use crate::hash::{HashError, ServiceInputs, digest_service, hash_service};
 use crate::index::Index;
 use crate::printer::Printer;
 use crate::registry::RegistryClient;
@@ -253,19 +253,38 @@ fn unknown_service(ws: &Workspace, name: &str) -> Error {
     ))
 }
 
-/// Hashes `services` (dependencies first, the others in parallel) with the workspace's content index.
+/// Hashes `services` (dependencies first, the others in parallel) with the workspace's content index, keeping
+/// what a build needs.
 fn hash_all(
     ws: &Workspace,
     services: &[&Service],
     hidden: &[PathBuf],
 ) -> Result<Vec<ServiceInputs>, Error> {
+    in_waves(ws, services, hidden, hash_service, |inputs| inputs.digest)
+}
+
+/// The input digests of `services`, as [`hash_all`] computes them but without holding any context.
+fn digest_all(ws: &Workspace, services: &[&Service]) -> Result<Vec<Digest>, Error> {
+    in_waves(ws, services, &[], digest_service, |d| *d)
+}
+
+/// Runs `hash` over `services` a dependency wave at a time (the services whose dependencies are done, in
+/// parallel: the walk of one context is mostly one thread's, and a monorepo has many contexts: issue 12), each with
+/// its dependencies' digests (`digest_of` its result).
+fn in_waves<T: Send>(
+    ws: &Workspace,
+    services: &[&Service],
+    hidden: &[PathBuf],
+    hash: impl Fn(&Service, &BTreeMap<String, Digest>, &Index, &[PathBuf]) -> Result<T, HashError>
+    + Sync,
+    digest_of: impl Fn(&T) -> Digest,
+) -> Result<Vec<T>, Error> {
     let mut own = own_dirs(ws);
     own.extend(hidden.iter().cloned());
     let index = Index::open(&own[0]);
-    // Services whose dependencies are hashed are hashed together (a wave at a time): the walk of one context is
-    // single-threaded, and a monorepo has many contexts (issue 12).
+    let parallel = std::thread::available_parallelism().map_or(2, usize::from);
     let mut digests: BTreeMap<String, Digest> = BTreeMap::new();
-    let mut out: Vec<Option<ServiceInputs>> = services.iter().map(|_| None).collect();
+    let mut out: Vec<Option<T>> = services.iter().map(|_| None).collect();
     while let Some(first) = out.iter().position(Option::is_none) {
         let mut wave: Vec<usize> = (first..services.len())
             .filter(|&i| out[i].is_none())
@@ -280,18 +299,30 @@ fn hash_all(
             // Not reached (dependencies come first); hashing it alone says what is missing.
             wave.push(first);
         }
-        let hashed: Vec<_> = {
-            use rayon::prelude::*;
-            let digests = &digests;
-            wave.par_iter()
-                .map(|&i| hash_service(services[i], digests, &index, &own))
-                .collect()
-        };
-        for (i, inputs) in wave.into_iter().zip(hashed) {
-            let inputs =
-                inputs.with_context(|| format!("hashing service `{}`", services[i].name))?;
-            digests.insert(services[i].name.clone(), inputs.digest);
-            out[i] = Some(inputs);
+        // Plain threads, a few at a time, not rayon's: hashing waits on its walk, which needs rayon's pool.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<std::sync::Mutex<Option<Result<T, HashError>>>> =
+            wave.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..parallel.min(wave.len()) {
+                scope.spawn(|| {
+                    loop {
+                        let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&i) = wave.get(at) else { break };
+                        let r = hash(services[i], &digests, &index, &own);
+                        *results[at].lock().expect("not poisoned") = Some(r);
+                    }
+                });
+            }
+        });
+        for (i, r) in wave.into_iter().zip(results) {
+            let r = r
+                .into_inner()
+                .expect("not poisoned")
+                .expect("every service hashed");
+            let hashed = r.with_context(|| format!("hashing service `{}`", services[i].name))?;
+            digests.insert(services[i].name.clone(), digest_of(&hashed));
+            out[i] = Some(hashed);
         }
     }
     Ok(out.into_iter().flatten().collect())

@@ -4,17 +4,21 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
+mod pipeline;
+
+pub use pipeline::EntriesDigest;
+use pipeline::{Listed, hash_walk};
 
 use crate::config::{Inputs, Service};
-use crate::context::{ContextError, DockerIgnore, Entry, EntryKind, walk};
+use crate::context::{ContextError, ContextFilter, DockerIgnore, Entry, EntryKind, walk};
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
 use crate::index::Index;
 
 /// Derive key of the service digest. Bump on any change to what is hashed or how. (v2: the digest covers the
-/// context paths the Dockerfile reads, see [`Reads`].)
-pub const SERVICE_KEY: &str = "buildopt 2026-12-02 service inputs v2";
+/// context paths the Dockerfile reads, see [`Reads`]. v3: the entries go in as an [`EntriesDigest`], their count
+/// after them, so that a digest can be computed while the context is walked, without holding it.)
+pub const SERVICE_KEY: &str = "buildopt 2026-12-02 service inputs v3";
 /// Derive key of one context entry's digest.
 pub const ENTRY_KEY: &str = "buildopt 2026-11-28 context entry v1";
 
@@ -106,31 +110,27 @@ pub fn named_local(name: &str) -> String {
     format!("named-{}", &Digest::of(name.as_bytes()).to_string()[..16])
 }
 
-/// The digest of each entry (path, metadata and, for files, `contents`), in parallel.
-fn entry_digests(entries: &[Entry], contents: &[Option<Digest>]) -> Vec<Digest> {
-    entries
-        .par_iter()
-        .zip(contents)
-        .with_min_len(256)
-        .map(|(e, c)| entry_digest(e, c.as_ref()))
-        .collect()
-}
-
-/// Hashes the named local contexts of `svc`.
-fn hash_named(svc: &Service, index: &Index, own: &[PathBuf]) -> Result<Vec<NamedLocal>, HashError> {
+/// Hashes the named local contexts of `svc`; with `keep`, keeping their entries (for the session to check what it
+/// sends), else only their digests.
+fn hash_named(
+    svc: &Service,
+    index: &Index,
+    own: &[PathBuf],
+    keep: bool,
+) -> Result<Vec<NamedLocal>, HashError> {
     let mut out = Vec::new();
-    for (name, ctx) in &svc.contexts {
-        let crate::config::NamedContext::Local(dir) = ctx else {
-            continue;
-        };
+    for (name, dir) in named_dirs(svc) {
         let ignore = DockerIgnore::load_dir(dir)?;
-        let mut entries = walk(dir, &ignore.filter()?.hide_own(dir, own))?;
-        let contents = hash_contents(dir, &index_scope(&ignore.patterns), &mut entries, index)?;
-        let mut f = Fields::new(SERVICE_KEY);
-        f.bytes(b"named local").u64(entries.len() as u64);
-        for d in entry_digests(&entries, &contents) {
-            f.0.update(&d.0);
-        }
+        let (digest, entries, contents) = if keep {
+            let mut listed = Listed::default();
+            hash_context(dir, &ignore, own, index, &mut listed)?;
+            let digest = named_digest(&EntriesDigest::of(&listed.digests));
+            (digest, listed.entries, listed.contents)
+        } else {
+            let mut fold = EntriesDigest::default();
+            hash_context(dir, &ignore, own, index, &mut fold)?;
+            (named_digest(&fold), Vec::new(), Vec::new())
+        };
         out.push(NamedLocal {
             name: name.clone(),
             local: named_local(name),
@@ -138,10 +138,67 @@ fn hash_named(svc: &Service, index: &Index, own: &[PathBuf]) -> Result<Vec<Named
             ignore,
             entries,
             contents,
-            digest: f.finish(),
+            digest,
         });
     }
     Ok(out)
+}
+
+/// The Dockerfile of `svc`.
+fn read_dockerfile(svc: &Service) -> Result<Vec<u8>, HashError> {
+    fs_err::read(&svc.dockerfile).map_err(|source| HashError::Read {
+        path: svc.dockerfile.clone(),
+        source,
+    })
+}
+
+/// The local directories among the named contexts of `svc`, by name.
+fn named_dirs(svc: &Service) -> impl Iterator<Item = (&String, &PathBuf)> {
+    svc.contexts.iter().filter_map(|(name, ctx)| match ctx {
+        crate::config::NamedContext::Local(dir) => Some((name, dir)),
+        _ => None,
+    })
+}
+
+/// The digest of a named local context from its entries.
+fn named_digest(entries: &EntriesDigest) -> Digest {
+    let mut f = Fields::new(SERVICE_KEY);
+    f.bytes(b"named local")
+        .bytes(&entries.digest().0)
+        .u64(entries.count());
+    f.finish()
+}
+
+/// Walks and hashes the context `dir` after `ignore` into `sink`, saving its index file.
+fn hash_context(
+    dir: &Path,
+    ignore: &DockerIgnore,
+    own: &[PathBuf],
+    index: &Index,
+    sink: &mut dyn pipeline::Sink,
+) -> Result<(), HashError> {
+    let filter = ignore.filter()?.hide_own(dir, own);
+    hash_filtered(dir, &filter, &ignore.patterns, index, true, sink)
+}
+
+/// Walks and hashes `dir` through `filter` into `sink`, with the index file of `dir` and ignore patterns `patterns`
+/// (saved only with `save`: a walk of part of a context must not replace the records of the whole).
+fn hash_filtered(
+    dir: &Path,
+    filter: &ContextFilter,
+    patterns: &[Vec<u8>],
+    index: &Index,
+    save: bool,
+    sink: &mut dyn pipeline::Sink,
+) -> Result<(), HashError> {
+    let mut pass = index.pass(dir, &index_scope(patterns), save);
+    hash_walk(dir, filter, &mut pass, sink)?;
+    match pass.finish() {
+        Ok(None) => {}
+        Ok(Some(why)) => tracing::warn!("rebuilding the local hash index: {why}"),
+        Err(e) => tracing::warn!("could not save the local hash index: {e}"),
+    }
+    Ok(())
 }
 
 /// A length-prefixed field writer, so that no two different inputs can encode to the same bytes.
@@ -197,21 +254,18 @@ pub fn hash_service(
     index: &Index,
     own: &[PathBuf],
 ) -> Result<ServiceInputs, HashError> {
-    let (ignore, mut entries) = select_context(svc, own)?;
-    let contents = hash_contents(
-        &svc.context,
-        &index_scope(&ignore.patterns),
-        &mut entries,
-        index,
-    )?;
-    let entry_digests = entry_digests(&entries, &contents);
+    let ignore = DockerIgnore::load(&svc.context, &svc.dockerfile)?;
+    let mut listed = Listed::default();
+    hash_context(&svc.context, &ignore, own, index, &mut listed)?;
+    let Listed {
+        entries,
+        contents,
+        digests: entry_digests,
+    } = listed;
 
-    let dockerfile_bytes = fs_err::read(&svc.dockerfile).map_err(|source| HashError::Read {
-        path: svc.dockerfile.clone(),
-        source,
-    })?;
+    let dockerfile_bytes = read_dockerfile(svc)?;
     let dockerfile = Digest::of(&dockerfile_bytes);
-    let named = hash_named(svc, index, own)?;
+    let named = hash_named(svc, index, own, true)?;
     let params = params_digest(svc, &named);
     let param_digests = param_digests(svc, &named);
     let own_deps: BTreeMap<String, Digest> = svc
@@ -224,7 +278,7 @@ pub fn hash_service(
 
     let context_digest = service_digest(
         &Reads::Context { why: String::new() },
-        entry_digests.iter(),
+        &EntriesDigest::of(&entry_digests),
         &dockerfile,
         &params,
         &own_deps,
@@ -233,7 +287,7 @@ pub fn hash_service(
         Reads::Context { .. } => context_digest,
         _ => service_digest(
             &reads,
-            read.iter().map(|&i| &entry_digests[i]),
+            &EntriesDigest::of(read.iter().map(|&i| &entry_digests[i])),
             &dockerfile,
             &params,
             &own_deps,
@@ -257,20 +311,70 @@ pub fn hash_service(
     })
 }
 
-/// What the build of `svc` reads of its context (`entries`, the whole context after `.dockerignore`): the
-/// prediction from the Dockerfile (unless `inputs = "context"`), and the indices of the entries it covers.
-fn what_is_read(
+/// The input digest of `svc`, as [`hash_service`] computes it, without holding its context: the entries are
+/// hashed as the walk produces them and folded away (issue 12: memory stays flat however large the context). For
+/// `buildopt hash`; a build needs the lists [`hash_service`] keeps.
+pub fn digest_service(
     svc: &Service,
-    dockerfile: &[u8],
-    ignore: &DockerIgnore,
-    entries: &[Entry],
+    deps: &BTreeMap<String, Digest>,
+    index: &Index,
     own: &[PathBuf],
-) -> (Reads, Vec<usize>, Option<crate::dockerfile::Prediction>) {
+) -> Result<Digest, HashError> {
+    let ignore = DockerIgnore::load(&svc.context, &svc.dockerfile)?;
+    // The whole context first, as hash_service does: it keeps the index of the whole context current.
+    let mut whole = EntriesDigest::default();
+    hash_context(&svc.context, &ignore, own, index, &mut whole)?;
+    let dockerfile_bytes = read_dockerfile(svc)?;
+    let named = hash_named(svc, index, own, false)?;
+    let own_deps: BTreeMap<String, Digest> = svc
+        .depends_on
+        .iter()
+        .map(|name| (name.clone(), deps[name]))
+        .collect();
+    let digest = |reads: &Reads, entries: &EntriesDigest| {
+        service_digest(
+            reads,
+            entries,
+            &Digest::of(&dockerfile_bytes),
+            &params_digest(svc, &named),
+            &own_deps,
+        )
+    };
+    let (reads, _) = predicted(svc, &dockerfile_bytes);
+    let followpaths = match &reads {
+        Reads::Context { .. } => return Ok(digest(&reads, &whole)),
+        Reads::Nothing => return Ok(digest(&reads, &EntriesDigest::default())),
+        Reads::Paths { followpaths } => followpaths,
+    };
+    // What the session sends for the follow paths, walked again through its own filter (the index is read, not
+    // saved: these are part of the context); the whole context when the paths do not resolve, as hash_service.
+    let context = || digest(&Reads::Context { why: String::new() }, &whole);
+    let Some(filter) = read_filter(svc, &ignore, followpaths, own) else {
+        return Ok(context());
+    };
+    let mut read = EntriesDigest::default();
+    match hash_filtered(
+        &svc.context,
+        &filter,
+        &ignore.patterns,
+        index,
+        false,
+        &mut read,
+    ) {
+        Ok(()) => Ok(digest(&reads, &read)),
+        Err(HashError::Context(_)) => Ok(context()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What the build of `svc` reads of its context as predicted from its Dockerfile (unless `inputs = "context"`), and
+/// the prediction.
+fn predicted(svc: &Service, dockerfile: &[u8]) -> (Reads, Option<crate::dockerfile::Prediction>) {
     let prediction = match svc.inputs {
         Inputs::Context => None,
         Inputs::Dockerfile => Some(predict_service(svc, dockerfile)),
     };
-    let mut reads = match prediction.as_ref().map(|p| (p, p.reads())) {
+    let reads = match prediction.as_ref().map(|p| (p, p.reads())) {
         None => Reads::Context {
             why: "`inputs = \"context\"`".to_owned(),
         },
@@ -285,6 +389,19 @@ fn what_is_read(
             followpaths: paths.iter().map(|p| p.path.clone()).collect(),
         },
     };
+    (reads, prediction)
+}
+
+/// What the build of `svc` reads of its context (`entries`, the whole context after `.dockerignore`): the
+/// prediction from the Dockerfile (unless `inputs = "context"`), and the indices of the entries it covers.
+fn what_is_read(
+    svc: &Service,
+    dockerfile: &[u8],
+    ignore: &DockerIgnore,
+    entries: &[Entry],
+    own: &[PathBuf],
+) -> (Reads, Vec<usize>, Option<crate::dockerfile::Prediction>) {
+    let (mut reads, prediction) = predicted(svc, dockerfile);
     // The entries the build reads: what the session will send for those follow paths (the same filter), found in
     // the whole context's list so that their digests are the ones computed for it.
     let read: Vec<usize> = match &reads {
@@ -318,10 +435,7 @@ pub fn listed_entries(
         let why = "the whole context".to_owned();
         return Ok((entries, Reads::Context { why }));
     }
-    let dockerfile = fs_err::read(&svc.dockerfile).map_err(|source| HashError::Read {
-        path: svc.dockerfile.clone(),
-        source,
-    })?;
+    let dockerfile = read_dockerfile(svc)?;
     let (reads, read, _) = what_is_read(svc, &dockerfile, &ignore, &entries, own);
     Ok((
         read.into_iter().map(|i| entries[i].clone()).collect(),
@@ -331,9 +445,9 @@ pub fn listed_entries(
 
 /// The input digest: what is covered (whole context, follow paths, nothing), the covered entries' digests, the
 /// Dockerfile, the parameters and the dependencies' digests.
-fn service_digest<'a>(
+fn service_digest(
     reads: &Reads,
-    entries: impl ExactSizeIterator<Item = &'a Digest>,
+    entries: &EntriesDigest,
     dockerfile: &Digest,
     params: &Digest,
     deps: &BTreeMap<String, Digest>,
@@ -353,10 +467,7 @@ fn service_digest<'a>(
             }
         }
     }
-    f.u64(entries.len() as u64);
-    for d in entries {
-        f.0.update(&d.0);
-    }
+    f.bytes(&entries.digest().0).u64(entries.count());
     f.0.update(&dockerfile.0);
     f.0.update(&params.0);
     f.u64(deps.len() as u64);
@@ -409,11 +520,7 @@ fn read_entries(
     followpaths: &[String],
     own: &[PathBuf],
 ) -> Option<Vec<usize>> {
-    let follow: Vec<Vec<u8>> = followpaths.iter().map(|p| p.as_bytes().to_vec()).collect();
-    let filter = crate::context::transfer_filter(&svc.context, &[], &ignore.patterns, &follow)
-        .ok()?
-        .hide_own(&svc.context, own);
-    let sent = walk(&svc.context, &filter).ok()?;
+    let sent = walk(&svc.context, &read_filter(svc, ignore, followpaths, own)?).ok()?;
     let position: std::collections::HashMap<&[u8], usize> = entries
         .iter()
         .enumerate()
@@ -422,6 +529,20 @@ fn read_entries(
     sent.iter()
         .map(|e| position.get(e.path.as_slice()).copied())
         .collect()
+}
+
+/// The filter of what the session sends of the context of `svc` for `followpaths`; None when the follow paths do
+/// not resolve (the tree changed meanwhile).
+fn read_filter(
+    svc: &Service,
+    ignore: &DockerIgnore,
+    followpaths: &[String],
+    own: &[PathBuf],
+) -> Option<ContextFilter> {
+    let follow: Vec<Vec<u8>> = followpaths.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let filter =
+        crate::context::transfer_filter(&svc.context, &[], &ignore.patterns, &follow).ok()?;
+    Some(filter.hide_own(&svc.context, own))
 }
 
 /// The context of `svc` as BuildKit gets it: its `.dockerignore` and the kept entries in send order. `own` are
@@ -571,33 +692,6 @@ pub fn entry_digest(e: &Entry, content: Option<&Digest>) -> Digest {
     f.finish()
 }
 
-/// Threads that read and hash files. Reading many small files cold is mostly waiting on the disk, so more readers
-/// than cores help (50k small files read cold: 8.2 s with one reader, 1.7 s with 16).
-const READERS: usize = 16;
-
-fn reader_pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let threads = READERS.max(std::thread::available_parallelism().map_or(1, usize::from));
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("buildopt-hash-{i}"))
-            .build()
-            .ok()
-    })
-    .as_ref()
-}
-
-/// Runs `f` on the reader pool, so that the file reads inside it run on its threads. Only reading waits on the
-/// disk: the walk and the digests run on rayon's global pool, one thread a core (on the reader pool a warm run of
-/// 100k files spent a quarter of its time switching and yielding between 16 threads on 2 cores: issue 12).
-fn on_readers<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    match reader_pool() {
-        Some(pool) => pool.install(f),
-        None => f(),
-    }
-}
-
 /// The index scope of a context walked with ignore patterns `patterns`: two services that share a directory but
 /// ignore different files keep separate records instead of overwriting each other's.
 fn index_scope(patterns: &[Vec<u8>]) -> Vec<u8> {
@@ -607,51 +701,6 @@ fn index_scope(patterns: &[Vec<u8>]) -> Vec<u8> {
         scope.extend_from_slice(p);
     }
     scope
-}
-
-/// Content hashes of the regular files among `entries` (None for others), from the index where it is still valid,
-/// otherwise by reading the files, in parallel. A file whose status changed since the walk gets its entry updated
-/// to what was actually hashed. The index file of this context is rewritten only when it is stale.
-fn hash_contents(
-    root: &Path,
-    scope: &[u8],
-    entries: &mut [Entry],
-    index: &Index,
-) -> Result<Vec<Option<Digest>>, HashError> {
-    let known = index.lookup(root, scope, entries);
-    if let Some(why) = &known.problem {
-        tracing::warn!("rebuilding the local hash index: {why}");
-    }
-    let missing = entries
-        .iter()
-        .zip(&known.digests)
-        .any(|(e, k)| e.kind == EntryKind::File && k.is_none());
-    let contents = if !missing {
-        known.digests
-    } else {
-        on_readers(|| {
-            entries
-                .par_iter_mut()
-                .zip(known.digests)
-                .with_min_len(64)
-                .map(|(e, known)| {
-                    if e.kind != EntryKind::File || known.is_some() {
-                        return Ok(known);
-                    }
-                    let path = e.abs_path(root);
-                    let (d, stat) = hash_stable_file(&path, Some(FileStat::from_entry(e)))?;
-                    stat.apply(e);
-                    Ok(Some(d))
-                })
-                .collect::<Result<Vec<_>, HashError>>()
-        })?
-    };
-    if known.stale
-        && let Err(e) = index.save(root, scope, entries, &contents)
-    {
-        tracing::warn!("could not save the local hash index: {e}");
-    }
-    Ok(contents)
 }
 
 /// Reads beyond this size go through blake3's multi-threaded update, a buffer at a time.
@@ -1060,6 +1109,58 @@ pub(crate) mod tests {
         let (digest, stat) = hash_stable_file(&path, Some(seen)).unwrap();
         assert_eq!(digest, Digest::of(b"now longer than it was"));
         assert_eq!(stat, FileStat::of(&meta));
+    }
+
+    /// The streaming digest (`buildopt hash`) is the digest a build computes from its lists, for every kind of
+    /// coverage, with named local contexts, with and without the index, and over contexts larger than a chunk.
+    #[test]
+    fn the_streaming_digest_is_the_listed_one() {
+        let many: Vec<(String, String)> = (0..3000)
+            .map(|i| (format!("src/m{}/f{i}.rs", i % 7), format!("fn f{i}() {{}}")))
+            .collect();
+        let mut files: Vec<(&str, &str)> =
+            many.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+        files.extend([
+            ("README.md", "read me"),
+            ("lib/a.txt", "a"),
+            ("ctx/x", "x"),
+            ("Dockerfile", "FROM scratch\n"),
+        ]);
+        let dockerfiles = [
+            ("paths", "FROM scratch\nCOPY src/m3 /m3\nCOPY lib /lib\n"),
+            ("context", "FROM scratch\nCOPY . /\n"),
+            ("nothing", "FROM scratch\nENV A=1\n"),
+            (
+                "named",
+                "FROM scratch\nCOPY --from=extra x /x\nCOPY src /src\n",
+            ),
+        ];
+        for (what, dockerfile) in dockerfiles {
+            let (dir, mut svc, _) = hashed_with_args(&files, &[("A", "1")]);
+            std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+            if what == "named" {
+                svc.contexts.insert(
+                    "extra".into(),
+                    crate::config::NamedContext::Local(dir.path().join("ctx")),
+                );
+            }
+            let cache = tempfile::tempdir().unwrap();
+            for index in [
+                Index::disabled(),
+                Index::open(cache.path()),
+                Index::open(cache.path()),
+            ] {
+                let listed = hash_service(&svc, &BTreeMap::new(), &index, &[]).unwrap();
+                let streamed = digest_service(&svc, &BTreeMap::new(), &index, &[]).unwrap();
+                assert_eq!(listed.digest, streamed, "{what}");
+                let expect_whole = what == "context";
+                assert_eq!(
+                    listed.digest == listed.context_digest,
+                    expect_whole,
+                    "{what}"
+                );
+            }
+        }
     }
 
     #[test]
