@@ -800,6 +800,47 @@ pub(crate) fn hash_stable_file(
     })
 }
 
+/// Files up to this size are first read without waiting on the disk (see [`hash_cached_file`]).
+const CACHED_READ: u64 = 1 << 20;
+
+/// The first attempt of [`hash_stable_file`] for a file the walk saw with status `seen`, made without waiting on the
+/// disk: one `preadv2` with `RWF_NOWAIT`, which reads only what the page cache holds. None when that is not the
+/// whole file, or the file changed, or the kernel cannot say (the caller then reads it with [`hash_stable_file`] on
+/// the reader pool). On a fresh clone the files are in the page cache, and reading them on the threads that hash
+/// spares the hop to the readers, which on 2 cores is a tenth of the run (issue 12).
+pub(crate) fn hash_cached_file(
+    path: &Path,
+    seen: FileStat,
+) -> Result<Option<(Digest, FileStat)>, HashError> {
+    if seen.size > CACHED_READ {
+        return Ok(None);
+    }
+    let read_err = |source| HashError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs_err::File::open(path).map_err(read_err)?;
+    let mut buf = vec![0u8; seen.size as usize];
+    if !buf.is_empty() {
+        let read = rustix::io::preadv2(
+            file.file(),
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            0,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        );
+        if read.map_or(true, |n| n as u64 != seen.size) {
+            // EAGAIN (not all cached), EOPNOTSUPP or ENOSYS (cannot tell), a short read (partly cached, or
+            // shrunk), any error: the ordinary read path reads it again and reports what is wrong.
+            return Ok(None);
+        }
+    }
+    let after = FileStat::of(&file.metadata().map_err(read_err)?);
+    if after != seen {
+        return Ok(None);
+    }
+    Ok(Some((Digest::of(&buf), after)))
+}
+
 /// Something the session sent is not what was hashed: the inputs changed while the build ran, so its image is not
 /// the image of the hashed inputs and must not get their content tag.
 #[derive(Debug, thiserror::Error)]
@@ -1107,6 +1148,14 @@ pub(crate) mod tests {
         seen.size = 3;
         seen.ctime_ns -= 1;
         let (digest, stat) = hash_stable_file(&path, Some(seen)).unwrap();
+        assert_eq!(digest, Digest::of(b"now longer than it was"));
+        assert_eq!(stat, FileStat::of(&meta));
+        // The read from the page cache does not trust it either, and gives the file to the ordinary read.
+        assert!(hash_cached_file(&path, seen).unwrap().is_none());
+        // With the true status (and the file just written, so cached) it reads the file itself.
+        let (digest, stat) = hash_cached_file(&path, FileStat::of(&meta))
+            .unwrap()
+            .unwrap();
         assert_eq!(digest, Digest::of(b"now longer than it was"));
         assert_eq!(stat, FileStat::of(&meta));
     }

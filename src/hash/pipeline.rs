@@ -9,7 +9,7 @@ use std::sync::mpsc;
 
 use rayon::prelude::*;
 
-use super::{FileStat, HashError, entry_digest, hash_stable_file};
+use super::{FileStat, HashError, entry_digest, hash_cached_file, hash_stable_file};
 use crate::context::{ContextError, ContextFilter, Entry, EntryKind, walk_each};
 use crate::digest::Digest;
 use crate::index::Pass;
@@ -139,9 +139,10 @@ pub(super) fn hash_walk(
             }
             Ok::<(), Stop>(())
         });
+        let mut cache = CacheReads::default();
         let hashed = rx
             .iter()
-            .try_for_each(|entries| hash_chunk(root, entries, pass, sink));
+            .try_for_each(|entries| hash_chunk(root, entries, pass, &mut cache, sink));
         // On failure the receiver goes here, and the walk stops at its next chunk.
         drop(rx);
         let walked = walker
@@ -155,39 +156,82 @@ pub(super) fn hash_walk(
     })
 }
 
+/// Whether files are worth reading from the page cache first ([`hash_cached_file`]): yes until most of a chunk's
+/// were not there (a cold disk), then only on every eighth chunk, to notice when they are again.
+#[derive(Default)]
+struct CacheReads {
+    missed_last: bool,
+    chunks_since: u32,
+}
+
+impl CacheReads {
+    fn worth_trying(&mut self) -> bool {
+        self.chunks_since += 1;
+        !self.missed_last || self.chunks_since.is_multiple_of(8)
+    }
+
+    fn tried(&mut self, files: usize, missed: usize) {
+        self.missed_last = missed * 2 > files;
+        self.chunks_since = 0;
+    }
+}
+
 /// Hashes one chunk and hands it to `sink`. A file whose status changed since the walk gets its entry updated to
 /// what was actually hashed.
 fn hash_chunk(
     root: &Path,
     mut entries: Vec<Entry>,
     pass: &mut Pass<'_>,
+    cache: &mut CacheReads,
     sink: &mut dyn Sink,
 ) -> Result<(), HashError> {
-    let known: Vec<Option<Digest>> = entries.iter().map(|e| pass.lookup(e)).collect();
-    let missing = entries
+    let mut contents: Vec<Option<Digest>> = entries.iter().map(|e| pass.lookup(e)).collect();
+    let unknown = |e: &Entry, c: &Option<Digest>| e.kind == EntryKind::File && c.is_none();
+    let files = entries
         .iter()
-        .zip(&known)
-        .any(|(e, k)| e.kind == EntryKind::File && k.is_none());
-    let contents = if !missing {
-        known
-    } else {
+        .zip(&contents)
+        .filter(|(e, c)| unknown(e, c))
+        .count();
+    if files > 0 && cache.worth_trying() {
+        // From the page cache, on the threads that hash; what is not there waits for the readers below.
+        entries
+            .par_iter_mut()
+            .zip(&mut contents)
+            .with_min_len(64)
+            .try_for_each(|(e, c)| {
+                if unknown(e, c)
+                    && let Some((d, stat)) =
+                        hash_cached_file(&e.abs_path(root), FileStat::from_entry(e))?
+                {
+                    stat.apply(e);
+                    *c = Some(d);
+                }
+                Ok::<(), HashError>(())
+            })?;
+        let missed = entries
+            .iter()
+            .zip(&contents)
+            .filter(|(e, c)| unknown(e, c))
+            .count();
+        cache.tried(files, missed);
+    }
+    if entries.iter().zip(&contents).any(|(e, c)| unknown(e, c)) {
         on_readers(|| {
             entries
                 .par_iter_mut()
-                .zip(known)
+                .zip(&mut contents)
                 .with_min_len(64)
-                .map(|(e, known)| {
-                    if e.kind != EntryKind::File || known.is_some() {
-                        return Ok(known);
+                .try_for_each(|(e, c)| {
+                    if unknown(e, c) {
+                        let path = e.abs_path(root);
+                        let (d, stat) = hash_stable_file(&path, Some(FileStat::from_entry(e)))?;
+                        stat.apply(e);
+                        *c = Some(d);
                     }
-                    let path = e.abs_path(root);
-                    let (d, stat) = hash_stable_file(&path, Some(FileStat::from_entry(e)))?;
-                    stat.apply(e);
-                    Ok(Some(d))
+                    Ok::<(), HashError>(())
                 })
-                .collect::<Result<Vec<_>, HashError>>()
-        })?
-    };
+        })?;
+    }
     for (e, c) in entries.iter().zip(&contents) {
         pass.record(e, c.as_ref());
     }
