@@ -282,7 +282,6 @@ fn in_waves<T: Send>(
     let mut own = own_dirs(ws);
     own.extend(hidden.iter().cloned());
     let index = Index::open(&own[0]);
-    let parallel = std::thread::available_parallelism().map_or(2, usize::from);
     let mut digests: BTreeMap<String, Digest> = BTreeMap::new();
     let mut out: Vec<Option<T>> = services.iter().map(|_| None).collect();
     while let Some(first) = out.iter().position(Option::is_none) {
@@ -299,27 +298,14 @@ fn in_waves<T: Send>(
             // Not reached (dependencies come first); hashing it alone says what is missing.
             wave.push(first);
         }
-        // Plain threads, a few at a time, not rayon's: hashing waits on its walk, which needs rayon's pool.
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Vec<std::sync::Mutex<Option<Result<T, HashError>>>> =
-            wave.iter().map(|_| std::sync::Mutex::new(None)).collect();
-        std::thread::scope(|scope| {
-            for _ in 0..parallel.min(wave.len()) {
-                scope.spawn(|| {
-                    loop {
-                        let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&i) = wave.get(at) else { break };
-                        let r = hash(services[i], &digests, &index, &own);
-                        *results[at].lock().expect("not poisoned") = Some(r);
-                    }
-                });
-            }
-        });
+        let results: Vec<Result<T, HashError>> = {
+            use rayon::prelude::*;
+            let digests = &digests;
+            wave.par_iter()
+                .map(|&i| hash(services[i], digests, &index, &own))
+                .collect()
+        };
         for (i, r) in wave.into_iter().zip(results) {
-            let r = r
-                .into_inner()
-                .expect("not poisoned")
-                .expect("every service hashed");
             let hashed = r.with_context(|| format!("hashing service `{}`", services[i].name))?;
             digests.insert(services[i].name.clone(), digest_of(&hashed));
             out[i] = Some(hashed);

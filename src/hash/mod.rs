@@ -175,7 +175,7 @@ fn hash_context(
     ignore: &DockerIgnore,
     own: &[PathBuf],
     index: &Index,
-    sink: &mut dyn pipeline::Sink,
+    sink: &mut (dyn pipeline::Sink + Send),
 ) -> Result<(), HashError> {
     let filter = ignore.filter()?.hide_own(dir, own);
     hash_filtered(dir, &filter, &ignore.patterns, index, true, sink)
@@ -189,7 +189,7 @@ fn hash_filtered(
     patterns: &[Vec<u8>],
     index: &Index,
     save: bool,
-    sink: &mut dyn pipeline::Sink,
+    sink: &mut (dyn pipeline::Sink + Send),
 ) -> Result<(), HashError> {
     let mut pass = index.pass(dir, &index_scope(patterns), save);
     hash_walk(dir, filter, &mut pass, sink)?;
