@@ -321,9 +321,8 @@ pub(crate) struct RegistryClient {
     /// Made on first use: building it loads the system's root certificates twice (two reqwest clients), and a
     /// run that only reads (every service skipped) never needs it.
     oci: Arc<std::sync::OnceLock<Client>>,
-    /// For what oci-client cannot do (deleting a manifest); its pool also carries the reads of `transport`.
-    http: reqwest::Client,
-    /// Manifest and blob reads, with the registry's auth scheme learned once (oci-client pings before each).
+    /// Manifest and blob reads and manifest deletes (which oci-client cannot do), with the registry's auth scheme
+    /// learned once (oci-client pings before each request).
     transport: transport::Transport,
     registry: Registry,
     keychain: Arc<dyn Keychain>,
@@ -352,10 +351,9 @@ impl RegistryClient {
                 reference: registry.url.clone(),
                 source: OciDistributionError::from(e),
             })?;
-        let transport = transport::Transport::new(http.clone(), registry.host(), registry.insecure);
+        let transport = transport::Transport::new(http, registry.host(), registry.insecure);
         Ok(RegistryClient {
             oci: Arc::default(),
-            http,
             transport,
             registry: registry.clone(),
             keychain,
@@ -698,67 +696,18 @@ impl RegistryClient {
         digest: &str,
     ) -> Result<bool, RegistryError> {
         let reference = self.by_digest(repo, digest);
-        let scheme = if self.registry.insecure {
-            "http"
-        } else {
-            "https"
-        };
-        let url = format!(
-            "{scheme}://{}/v2/{}/manifests/{digest}",
-            self.registry.host(),
-            self.repository_path(repo)
-        );
-        let auth = self.auth().await?.auth.clone();
-        let send = |authorization: Option<String>| {
-            let mut request = self.http.delete(&url);
-            if let Some(a) = authorization {
-                request = request.header(http::header::AUTHORIZATION, a);
-            }
-            request.send()
-        };
-        let transport = |e: reqwest::Error| RegistryError::Unreachable {
-            host: self.registry.host().to_owned(),
-            reference: reference.clone(),
-            attempts: 1,
-            source: OciDistributionError::from(e),
-        };
-        let mut response = send(None).await.map_err(transport)?;
-        if response.status() == http::StatusCode::UNAUTHORIZED {
-            let challenge = response
-                .headers()
-                .get(http::header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(Challenge::parse);
-            let authorization = match (challenge, &auth) {
-                (
-                    Some(Challenge::Bearer {
-                        realm,
-                        service,
-                        scope,
-                    }),
-                    _,
-                ) => {
-                    let scope = scope.unwrap_or_else(|| {
-                        format!("repository:{}:delete", self.repository_path(repo))
-                    });
-                    self.bearer_token(&realm, service.as_deref(), &scope, &auth)
-                        .await
-                        .map_err(transport)?
-                        .map(|t| format!("Bearer {t}"))
-                }
-                (_, RegistryAuth::Basic(user, password)) => Some(format!(
-                    "Basic {}",
-                    base64::Engine::encode(
-                        &base64::engine::general_purpose::STANDARD,
-                        format!("{user}:{password}")
-                    )
-                )),
-                _ => None,
-            };
-            if authorization.is_some() {
-                response = send(authorization).await.map_err(transport)?;
-            }
-        }
+        let r = self.parse(&reference)?;
+        let auth = &self.auth().await?.auth;
+        let response = self
+            .transport
+            .delete_manifest(&r, auth)
+            .await
+            .map_err(|source| RegistryError::Unreachable {
+                host: self.registry.host().to_owned(),
+                reference: reference.clone(),
+                attempts: 1,
+                source,
+            })?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         let detail = || match serde_json::from_str::<LooseEnvelope>(&body) {
@@ -795,25 +744,6 @@ impl RegistryClient {
                 attempts: 1,
             }),
         }
-    }
-
-    /// The repository's path on the registry: the registry URL's own path (if any), then `repo`.
-    fn repository_path(&self, repo: &str) -> String {
-        match self.registry.url.split_once('/') {
-            Some((_, path)) => format!("{path}/{repo}"),
-            None => repo.to_owned(),
-        }
-    }
-
-    /// A token from a token service (`realm`) for `scope`, with the credentials when there are some.
-    async fn bearer_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-        auth: &RegistryAuth,
-    ) -> Result<Option<String>, reqwest::Error> {
-        transport::fetch_token(&self.http, realm, service, scope, auth).await
     }
 }
 

@@ -102,12 +102,13 @@ impl Transport {
             .await
     }
 
-    /// `request` with the credentials the registry wants for pulling from `r`'s repository.
+    /// `request` with the credentials the registry wants for `action` (`pull`, `delete`) on `r`'s repository.
     async fn authorize(
         &self,
         request: reqwest::RequestBuilder,
         r: &Reference,
         auth: &RegistryAuth,
+        action: &str,
     ) -> Result<reqwest::RequestBuilder, OciDistributionError> {
         Ok(match (self.scheme(r).await?, auth) {
             (Scheme::Anonymous, _) => request,
@@ -117,7 +118,7 @@ impl Transport {
             (_, RegistryAuth::Bearer(token)) => request.bearer_auth(token),
             (Scheme::Basic, RegistryAuth::Anonymous) => request,
             (Scheme::Bearer { realm, service }, auth) => {
-                let scope = format!("repository:{}:pull", r.repository());
+                let scope = format!("repository:{}:{action}", r.repository());
                 match self.token(realm, service.as_deref(), &scope, auth).await? {
                     Some(token) => request.bearer_auth(token),
                     None => request,
@@ -163,7 +164,24 @@ impl Transport {
         } else {
             request.header(http::header::ACCEPT, accept.join(", "))
         };
-        Ok(self.authorize(request, r, auth).await?.send().await?)
+        Ok(self
+            .authorize(request, r, auth, "pull")
+            .await?
+            .send()
+            .await?)
+    }
+
+    /// Deletes the manifest `r` names by digest; the registry's answer, whatever its status.
+    pub(crate) async fn delete_manifest(
+        &self,
+        r: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<reqwest::Response, OciDistributionError> {
+        let url = self.url(r, "manifests", manifest_ref(r));
+        let request = self
+            .authorize(self.http.delete(&url), r, auth, "delete")
+            .await?;
+        Ok(request.send().await?)
     }
 
     /// The digest of the manifest behind `r` (a HEAD; a GET when the registry sends no digest header).
@@ -234,7 +252,7 @@ impl Transport {
 
 /// A token from a token service (`realm`) for `scope`, with the credentials when there are some; None when the
 /// service refuses (the request then goes without, and the registry's 401 says what is wrong).
-pub(super) async fn fetch_token(
+async fn fetch_token(
     http: &reqwest::Client,
     realm: &str,
     service: Option<&str>,
@@ -369,6 +387,11 @@ mod tests {
                     let (realm, counts) = (realm.clone(), counts.clone());
                     async move {
                         let path = req.uri().path().to_owned();
+                        let action = if req.method() == http::Method::DELETE {
+                            "delete"
+                        } else {
+                            "pull"
+                        };
                         let header = |k| {
                             req.headers()
                                 .get(k)
@@ -403,15 +426,18 @@ mod tests {
                         } else {
                             let repo = path["/v2/".len()..].split("/blobs/").next().unwrap();
                             let repo = repo.split("/manifests/").next().unwrap();
-                            if authorization == format!("Bearer t-repository:{repo}:pull") {
+                            if authorization != format!("Bearer t-repository:{repo}:{action}") {
+                                res = res.status(401);
+                                String::new()
+                            } else if action == "delete" {
+                                res = res.status(202);
+                                String::new()
+                            } else {
                                 res = res.header(
                                     DIGEST_HEADER,
                                     format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"{}"))),
                                 );
                                 "{}".to_owned()
-                            } else {
-                                res = res.status(401);
-                                String::new()
                             }
                         };
                         res.body(Full::new(Bytes::from(body)))
@@ -449,6 +475,13 @@ mod tests {
         );
         assert_eq!(counts[0].load(Ordering::SeqCst), 1, "pings");
         assert_eq!(counts[1].load(Ordering::SeqCst), 2, "token fetches");
+
+        // A delete asks for a token of its own scope (the registry accepts nothing else), on the same scheme.
+        let r: Reference = format!("{addr}/team/repo0@{blob}").parse().unwrap();
+        let res = t.delete_manifest(&r, &auth).await.unwrap();
+        assert_eq!(res.status(), http::StatusCode::ACCEPTED);
+        assert_eq!(counts[0].load(Ordering::SeqCst), 1, "pings");
+        assert_eq!(counts[1].load(Ordering::SeqCst), 3, "token fetches");
 
         // Without the credentials the token service refuses, and the registry's 401 is the answer.
         let t = Transport::new(reqwest::Client::new(), &addr, true);
