@@ -149,12 +149,14 @@ pub(crate) fn decide(
     store: &StateStore,
     force: bool,
 ) -> ServicePlan {
-    let now = ServiceState::of(inputs);
-    let local = store.load(&svc.name);
+    // The local state is read (and the current one built) only when it is not already these inputs': that is
+    // 9 MB of JSON for 50 services of 2,000 files (issue 12).
+    let current = store.is_current(&svc.name, &inputs.digest, &inputs.context_digest);
+    let local = if current { None } else { store.load(&svc.name) };
     let changes = local
         .as_ref()
         .filter(|old| old.context_digest != inputs.context_digest || old.digest != inputs.digest)
-        .map(|old| Changes::between(old, &now));
+        .map(|old| Changes::between(old, &ServiceState::of(inputs)));
     let since_local = changes
         .as_ref()
         .map(|c| format!("; since the last local build: {}", explain(c, svc, inputs)))
@@ -229,6 +231,10 @@ pub(crate) fn decide(
             ),
         },
         (false, None) => match &local {
+            None if current => (
+                Decision::Unchanged,
+                "inputs unchanged since the last local build".to_owned(),
+            ),
             None => (Decision::Build, "no previous state".to_owned()),
             Some(old) if old.digest == inputs.digest => (
                 Decision::Unchanged,

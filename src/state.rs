@@ -83,6 +83,44 @@ impl StateStore {
         (state.version == STATE_VERSION).then_some(state)
     }
 
+    /// Records the state of freshly hashed `inputs` for `service`, unless the recorded one is already theirs: a
+    /// no-change run of 50 services of 2,000 files rewrote 9 MB of state (issue 12). The state is a function of
+    /// its two digests (the context digest covers every entry, the Dockerfile, the parameters and the
+    /// dependencies; the input digest what is read), which open the file in a fixed order: reading its head is
+    /// enough to know.
+    pub fn record(&self, service: &str, inputs: &ServiceInputs) -> std::io::Result<()> {
+        if self.is_current(service, &inputs.digest, &inputs.context_digest) {
+            return Ok(());
+        }
+        self.save(service, &ServiceState::of(inputs))
+    }
+
+    /// Whether the recorded state of `service` starts with this version and these digests.
+    pub fn is_current(&self, service: &str, digest: &Digest, context_digest: &Digest) -> bool {
+        use std::io::Read;
+        /// The fields [`ServiceState`] serializes first, in its order.
+        #[derive(Serialize)]
+        struct Head<'a> {
+            version: u32,
+            digest: &'a Digest,
+            context_digest: &'a Digest,
+        }
+        let Ok(mut head) = serde_json::to_vec(&Head {
+            version: STATE_VERSION,
+            digest,
+            context_digest,
+        }) else {
+            return false;
+        };
+        // `{...}` -> `{...,`: the next field follows.
+        head.pop();
+        head.push(b',');
+        let mut found = vec![0u8; head.len()];
+        std::fs::File::open(self.file(service))
+            .and_then(|mut f| f.read_exact(&mut found))
+            .is_ok_and(|()| found == head)
+    }
+
     /// Records `state` for `service`, atomically.
     pub fn save(&self, service: &str, state: &ServiceState) -> std::io::Result<()> {
         crate::index::create_cache_dir(&self.cache_dir)?;
@@ -291,7 +329,12 @@ mod tests {
         };
         let store = StateStore::new(&cache_dir);
         store.save("app", &state).unwrap();
-        assert_eq!(store.load("app"), Some(state));
+        assert_eq!(store.load("app"), Some(state.clone()));
+        // The head of the file says whose state it is.
+        assert!(store.is_current("app", &state.digest, &state.context_digest));
+        assert!(!store.is_current("app", &state.context_digest, &state.context_digest));
+        assert!(!store.is_current("app", &state.digest, &state.digest));
+        assert!(!store.is_current("other", &state.digest, &state.context_digest));
         let ignore = std::fs::read_to_string(cache_dir.join(crate::index::GITIGNORE_FILE)).unwrap();
         assert!(ignore.lines().any(|l| l == "*"), "{ignore}");
     }

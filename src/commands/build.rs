@@ -44,7 +44,7 @@ use crate::session::{
     LOCAL_CONTEXT, LOCAL_DOCKERFILE, MissingSecret, Session, SessionError, Sink, SshAgents,
     SshError, new_id,
 };
-use crate::state::{ServiceState, StateStore};
+use crate::state::StateStore;
 
 /// How long the status stream may keep draining after the solve returned.
 const STATUS_DRAIN: Duration = Duration::from_secs(5);
@@ -468,7 +468,7 @@ pub(super) fn run(
     // The local state (what changed since, for `plan`) of every service that has an image for its inputs.
     for (s, inputs) in report.services.iter().zip(&inputs) {
         if matches!(s.status, Status::Built | Status::Skipped | Status::Promoted)
-            && let Err(e) = store.save(&s.service, &ServiceState::of(inputs))
+            && let Err(e) = store.record(&s.service, inputs)
         {
             tracing::warn!("could not record the local state of `{}`: {e}", s.service);
         }
