@@ -98,9 +98,19 @@ pub(crate) async fn lookup_remote(
     inputs: &ServiceInputs,
     check_cache: bool,
 ) -> Result<RemoteState, RegistryError> {
-    let image = verifier
-        .tag(&svc.image, &content_tag(&inputs.digest))
-        .await?;
+    // Whether the cache tag exists matters only when an image for these inputs does; asked at the same time as
+    // the content tag rather than after it, it costs no round trip on the way to a skip (a wasted request for a
+    // service that builds).
+    let client = verifier.client();
+    let cache_tag = client.reference(&svc.image, &svc.cache_tag);
+    let tag = content_tag(&inputs.digest);
+    let (image, cache) = futures::join!(verifier.tag(&svc.image, &tag), async {
+        match check_cache {
+            true => Some(client.lookup(&cache_tag).await),
+            false => None,
+        }
+    });
+    let image = image?;
     let context_image = if image == Found::Absent && inputs.context_digest != inputs.digest {
         Some(
             verifier
@@ -111,16 +121,11 @@ pub(crate) async fn lookup_remote(
         None
     };
     let usable = |f: &Found| matches!(f, Found::Usable { .. });
-    let cache = if check_cache && (usable(&image) || context_image.as_ref().is_some_and(usable)) {
-        let client = verifier.client();
-        Some(
-            client
-                .lookup(&client.reference(&svc.image, &svc.cache_tag))
-                .await?
-                .is_some(),
-        )
-    } else {
-        None
+    let cache = match cache {
+        Some(found) if usable(&image) || context_image.as_ref().is_some_and(usable) => {
+            Some(found?.is_some())
+        }
+        _ => None,
     };
     Ok(RemoteState {
         image,
@@ -340,8 +345,9 @@ pub(crate) fn short_image(digest: &str) -> String {
     digest.chars().take("sha256:".len() + 12).collect()
 }
 
-/// Registry lookups at once.
-const LOOKUPS: usize = 8;
+/// Services whose registry lookups run at once. Against a registry 20 ms away, 50 services skip in 0.51 s with 16
+/// and 0.65 s with 8 (`hack/latency-proxy 10`); against the loopback registry the two are the same.
+const LOOKUPS: usize = 16;
 
 /// Decides for each service (with its inputs, dependencies first) from the registry, checking the content tags in
 /// parallel. For each service to be built, the input manifest of the image its first requested tag points at says
