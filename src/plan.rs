@@ -2,6 +2,8 @@
 //! of truth (a complete image under the content tag of the inputs). What changed is said from the input manifest
 //! of the image the first requested tag points at (so also on a fresh runner), else from the local state.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::config::Service;
@@ -349,46 +351,49 @@ pub(crate) fn short_image(digest: &str) -> String {
 /// and 0.65 s with 8 (`hack/latency-proxy 10`); against the loopback registry the two are the same.
 const LOOKUPS: usize = 16;
 
-/// Decides for each service (with its inputs, dependencies first) from the registry, checking the content tags in
-/// parallel. For each service to be built, the input manifest of the image its first requested tag points at says
-/// what changed (read right after its own lookups, in parallel with the other services'); the local state when
-/// the registry has none.
+/// Decides for each service from the registry as its inputs arrive (`inputs`: a service's index in `services` and
+/// its inputs, dependencies before dependents), checking the content tags of several services at once. For each
+/// service to be built, the input manifest of the image its first requested tag points at says what changed (read
+/// right after its own lookups, in parallel with the other services'); the local state when the registry has none.
+/// A service whose inputs never arrive (its hashing failed) has no plan; the first error is that of the first
+/// service in order.
 pub(crate) async fn plan_remote(
     verifier: &Verifier,
     services: &[&Service],
-    inputs: &[ServiceInputs],
+    inputs: impl futures::Stream<Item = (usize, Arc<ServiceInputs>)>,
     store: &StateStore,
     check_cache: bool,
     force: bool,
-) -> Result<Vec<ServicePlan>, RegistryError> {
+) -> Result<Vec<Option<ServicePlan>>, RegistryError> {
     use futures::StreamExt;
-    let remote = futures::stream::iter(services.iter().zip(inputs))
-        .map(|(svc, inp)| async move {
-            let remote = lookup_remote(verifier, svc, inp, check_cache).await?;
-            let previous = if !force && remote.no_image() {
-                previous_or_none(verifier.client(), svc).await
-            } else {
-                None
+    let mut decided: Vec<(usize, Result<ServicePlan, RegistryError>)> = inputs
+        .map(|(i, inp)| async move {
+            let svc = services[i];
+            let plan = async {
+                let remote = lookup_remote(verifier, svc, &inp, check_cache).await?;
+                let previous = if !force && remote.no_image() {
+                    previous_or_none(verifier.client(), svc).await
+                } else {
+                    None
+                };
+                Ok(decide(
+                    svc,
+                    &inp,
+                    Some(&remote),
+                    previous.as_ref(),
+                    store,
+                    force,
+                ))
             };
-            Ok::<_, RegistryError>((remote, previous))
+            (i, plan.await)
         })
-        .buffered(LOOKUPS)
-        .collect::<Vec<_>>()
-        .await;
-    services
-        .iter()
-        .zip(inputs)
-        .zip(remote)
-        .map(|((svc, inp), r)| {
-            let (remote, previous) = r?;
-            Ok(decide(
-                svc,
-                inp,
-                Some(&remote),
-                previous.as_ref(),
-                store,
-                force,
-            ))
-        })
+        .buffer_unordered(LOOKUPS)
         .collect()
+        .await;
+    decided.sort_by_key(|(i, _)| *i);
+    let mut plans: Vec<Option<ServicePlan>> = services.iter().map(|_| None).collect();
+    for (i, plan) in decided {
+        plans[i] = Some(plan?);
+    }
+    Ok(plans)
 }

@@ -17,7 +17,8 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
 use super::{
-    CACHE_DIR, Context as _, Error, ExitStatus, RegistrySetup, hash_all, registry_setup, select,
+    CACHE_DIR, Context as _, Error, ExitStatus, RegistrySetup, hash_in_background, hashed,
+    registry_setup, select,
 };
 use crate::auth::Keychain;
 use crate::buildkit::ExporterSpec;
@@ -362,7 +363,6 @@ pub(super) fn run(
     // probed when something is to be built.
     let builders = super::daemon::builders(&args.daemon, Some(ws))?;
     let refs: Vec<&Service> = services.iter().collect();
-    let inputs = hash_all(ws, &refs, &hidden)?;
     let network = match args.network {
         Some(n) => n,
         None => ws
@@ -377,88 +377,117 @@ pub(super) fn run(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(async {
-        let RegistrySetup { keychain, verifier } = registry_setup(
-            &registry,
-            args.ecr_endpoint.as_deref(),
-            &refs,
-            push,
-            printer,
-        )
-        .await?;
-        let check_cache = push && args.cache_to == CacheMode::Registry;
-        let plans = plan_remote(&verifier, &refs, &inputs, &store, check_cache, args.force)
-            .await
-            .context("asking the registry which inputs already have an image")?;
-        let mut runs: Vec<ServiceRun> = services
-            .iter()
-            .zip(inputs)
-            .zip(plans)
-            .map(|((service, inputs), plan)| ServiceRun {
-                service: service.clone(),
-                inputs: Arc::new(inputs),
-                plan,
-                outcome: None,
-                builder: None,
-                notes: Vec::new(),
-            })
-            .collect();
-        let ctx = Arc::new(RunContext {
-            registry: registry.clone(),
-            push,
-            force: args.force,
-            cache_to: args.cache_to == CacheMode::Registry,
-            cache_from: CacheImports::parse(&args.cache_from)?,
-            network,
-            no_cache: args.no_cache,
-            keychain,
-            verifier,
-            ledger: TagLedger::default(),
-            own: super::own_dirs(ws).into_iter().chain(hidden).collect(),
-            progress: Progress::new(progress, printer),
-            outputs,
-            dependencies: services
+    let report = std::thread::scope(|scope| {
+        let (hashes, hashing) = hash_in_background(scope, ws, &refs, &hidden);
+        runtime.block_on(async {
+            // While the services are hashed: the credentials, then each service's registry lookups as soon as it is
+            // hashed. A failure of the hashing is reported before one of the registry.
+            let setup = registry_setup(
+                &registry,
+                args.ecr_endpoint.as_deref(),
+                &refs,
+                push,
+                printer,
+            )
+            .await;
+            let RegistrySetup { keychain, verifier } = match setup {
+                Ok(setup) => setup,
+                Err(e) => {
+                    drop(hashes);
+                    hashed(hashing)?;
+                    return Err(e);
+                }
+            };
+            let check_cache = push && args.cache_to == CacheMode::Registry;
+            let plans = plan_remote(
+                &verifier,
+                &refs,
+                tokio_stream::wrappers::UnboundedReceiverStream::new(hashes),
+                &store,
+                check_cache,
+                args.force,
+            )
+            .await;
+            // The hashing is over: its channel closed.
+            let inputs = hashed(hashing)?;
+            let plans = plans.context("asking the registry which inputs already have an image")?;
+            let mut runs: Vec<ServiceRun> = services
                 .iter()
-                .flat_map(|s| s.depends_on.iter().cloned())
-                .collect(),
-            cache_dir: ws.root.join(CACHE_DIR),
-            load,
-            builders: builders.len(),
-        });
-        let planned = report_of(&ctx, &runs, None, None, &HashMap::new());
-        if args.dry_run {
-            // Like `plan`: the decisions are the result.
-            planned.write_plan(&mut printer.stdout())?;
-            return Ok::<_, Error>((planned, Vec::new()));
-        }
-        planned.write_plan(&mut printer.stderr())?;
-        ctx.progress.decisions(&planned);
-        let interrupted = tokio::select! {
-            () = execute(&ctx, &builders, &mut runs, usize::from(args.jobs)) => None,
-            signal = interrupt() => Some(signal),
-        };
-        // Whatever happened, the tags this run tried to move are read back from the registry (all at once: after
-        // an interrupt this must not take long).
-        let (client, ledger) = (ctx.verifier.client(), &ctx.ledger);
-        let reads = runs
-            .iter()
-            .map(|r| r.service.name.as_str())
-            .filter(|name| ledger.touched(name))
-            .map(|name| async move {
-                (
-                    name.to_owned(),
-                    ledger.read_back(client, name, READ_BACK).await,
-                )
+                .zip(inputs)
+                .zip(plans)
+                .map(|((service, inputs), plan)| ServiceRun {
+                    service: service.clone(),
+                    inputs,
+                    plan: plan.expect("every service hashed has a plan"),
+                    outcome: None,
+                    builder: None,
+                    notes: Vec::new(),
+                })
+                .collect();
+            let ctx = Arc::new(RunContext {
+                registry: registry.clone(),
+                push,
+                force: args.force,
+                cache_to: args.cache_to == CacheMode::Registry,
+                cache_from: CacheImports::parse(&args.cache_from)?,
+                network,
+                no_cache: args.no_cache,
+                keychain,
+                verifier,
+                ledger: TagLedger::default(),
+                own: super::own_dirs(ws)
+                    .into_iter()
+                    .chain(hidden.iter().cloned())
+                    .collect(),
+                progress: Progress::new(progress, printer),
+                outputs,
+                dependencies: services
+                    .iter()
+                    .flat_map(|s| s.depends_on.iter().cloned())
+                    .collect(),
+                cache_dir: ws.root.join(CACHE_DIR),
+                load,
+                builders: builders.len(),
             });
-        let read_back: HashMap<_, _> = futures::future::join_all(reads).await.into_iter().collect();
-        let report = report_of(
-            &ctx,
-            &runs,
-            interrupted,
-            Some(started.elapsed()),
-            &read_back,
-        );
-        Ok((report, runs.into_iter().map(|r| r.inputs).collect()))
+            let planned = report_of(&ctx, &runs, None, None, &HashMap::new());
+            if args.dry_run {
+                // Like `plan`: the decisions are the result.
+                planned.write_plan(&mut printer.stdout())?;
+                return Ok::<_, Error>((planned, Vec::new()));
+            }
+            planned.write_plan(&mut printer.stderr())?;
+            ctx.progress.decisions(&planned);
+            let interrupted = tokio::select! {
+                () = execute(&ctx, &builders, &mut runs, usize::from(args.jobs)) => None,
+                signal = interrupt() => Some(signal),
+            };
+            // Whatever happened, the tags this run tried to move are read back from the registry (all at once: after
+            // an interrupt this must not take long).
+            let (client, ledger) = (ctx.verifier.client(), &ctx.ledger);
+            let reads = runs
+                .iter()
+                .map(|r| r.service.name.as_str())
+                .filter(|name| ledger.touched(name))
+                .map(|name| async move {
+                    (
+                        name.to_owned(),
+                        ledger.read_back(client, name, READ_BACK).await,
+                    )
+                });
+            let read_back: HashMap<_, _> =
+                futures::future::join_all(reads).await.into_iter().collect();
+            let report = report_of(
+                &ctx,
+                &runs,
+                interrupted,
+                Some(started.elapsed()),
+                &read_back,
+            );
+            Ok((
+                report,
+                runs.into_iter().map(|r| r.inputs).collect::<Vec<_>>(),
+            ))
+        })
     });
     runtime.shutdown_background();
     let (report, inputs) = report?;

@@ -253,24 +253,55 @@ fn unknown_service(ws: &Workspace, name: &str) -> Error {
     ))
 }
 
+/// The inputs of one service (by its index in the list hashed), as soon as they are hashed.
+type Hashed = tokio::sync::mpsc::UnboundedReceiver<(usize, Arc<ServiceInputs>)>;
+/// The thread that hashes: every service's inputs in order, or the first error.
+type Hashing<'scope> =
+    std::thread::ScopedJoinHandle<'scope, Result<Vec<Arc<ServiceInputs>>, Error>>;
+
 /// Hashes `services` (dependencies first, the others in parallel) with the workspace's content index, keeping
-/// what a build needs.
-fn hash_all(
-    ws: &Workspace,
-    services: &[&Service],
-    hidden: &[PathBuf],
-) -> Result<Vec<ServiceInputs>, Error> {
-    in_waves(ws, services, hidden, hash_service, |inputs| inputs.digest)
+/// what a build needs, on a thread of `scope` while the caller goes on: each service's inputs arrive on the
+/// receiver as soon as they are hashed, so that its registry lookups overlap the hashing of the others (and the
+/// credentials are resolved meanwhile). The thread's result is every service's inputs in order, or the first error.
+fn hash_in_background<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    ws: &'scope Workspace,
+    services: &'scope [&'scope Service],
+    hidden: &'scope [PathBuf],
+) -> (Hashed, Hashing<'scope>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let hashing = scope.spawn(move || {
+        let each = |i: usize, inputs: &Arc<ServiceInputs>| {
+            // The receiver may be gone (the registry failed): the hashing still ends, for its own errors.
+            let _ = tx.send((i, inputs.clone()));
+        };
+        in_waves(
+            ws,
+            services,
+            hidden,
+            |svc, deps, index, own| hash_service(svc, deps, index, own).map(Arc::new),
+            |inputs| inputs.digest,
+            each,
+        )
+    });
+    (rx, hashing)
+}
+
+/// The result of a thread of [`hash_in_background`].
+fn hashed(handle: Hashing<'_>) -> Result<Vec<Arc<ServiceInputs>>, Error> {
+    handle
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// The input digests of `services`, as [`hash_all`] computes them but without holding any context.
 fn digest_all(ws: &Workspace, services: &[&Service]) -> Result<Vec<Digest>, Error> {
-    in_waves(ws, services, &[], digest_service, |d| *d)
+    in_waves(ws, services, &[], digest_service, |d| *d, |_, _| {})
 }
 
 /// Runs `hash` over `services` a dependency wave at a time (the services whose dependencies are done, in
 /// parallel: the walk of one context is mostly one thread's, and a monorepo has many contexts: issue 12), each with
-/// its dependencies' digests (`digest_of` its result).
+/// its dependencies' digests (`digest_of` its result), calling `each` with every result as it comes.
 fn in_waves<T: Send>(
     ws: &Workspace,
     services: &[&Service],
@@ -278,6 +309,7 @@ fn in_waves<T: Send>(
     hash: impl Fn(&Service, &BTreeMap<String, Digest>, &Index, &[PathBuf]) -> Result<T, HashError>
     + Sync,
     digest_of: impl Fn(&T) -> Digest,
+    each: impl Fn(usize, &T) + Sync,
 ) -> Result<Vec<T>, Error> {
     let mut own = own_dirs(ws);
     own.extend(hidden.iter().cloned());
@@ -302,7 +334,13 @@ fn in_waves<T: Send>(
             use rayon::prelude::*;
             let digests = &digests;
             wave.par_iter()
-                .map(|&i| hash(services[i], digests, &index, &own))
+                .map(|&i| {
+                    let hashed = hash(services[i], digests, &index, &own);
+                    if let Ok(t) = &hashed {
+                        each(i, t);
+                    }
+                    hashed
+                })
                 .collect()
         };
         for (i, r) in wave.into_iter().zip(results) {

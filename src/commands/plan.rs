@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use super::{CACHE_DIR, Error, ExitStatus, hash_all, registry_setup, select};
+use super::{CACHE_DIR, Error, ExitStatus, hash_in_background, hashed, registry_setup, select};
 use crate::cli::args::{CacheMode, PlanArgs};
 use crate::config::Workspace;
 use crate::plan::{ServicePlan, decide, plan_remote};
@@ -15,10 +15,22 @@ use crate::state::StateStore;
 
 pub(super) fn run(ws: &Workspace, args: &PlanArgs, printer: Printer) -> Result<ExitStatus, Error> {
     let services = select(ws, &args.services)?;
-    let inputs = hash_all(ws, &services, &[])?;
     let store = StateStore::new(&ws.root.join(CACHE_DIR));
-    let plans: Vec<ServicePlan> = match (&ws.registry, args.local) {
-        (Some(registry), false) => super::block_on(async {
+    let plans: Vec<ServicePlan> = std::thread::scope(|scope| {
+        let (rx, hashing) = hash_in_background(scope, ws, &services, &[]);
+        let Some(registry) = ws.registry.as_ref().filter(|_| !args.local) else {
+            drop(rx);
+            let inputs = hashed(hashing)?;
+            return Ok::<_, Error>(
+                services
+                    .iter()
+                    .zip(&inputs)
+                    .map(|(svc, inp)| decide(svc, inp, None, None, &store, false))
+                    .collect(),
+            );
+        };
+        // The registry's answers for each service as soon as it is hashed; errors of the hashing first.
+        let plans = super::block_on(async {
             let setup = registry_setup(
                 registry,
                 args.ecr_endpoint.as_deref(),
@@ -31,19 +43,16 @@ pub(super) fn run(ws: &Workspace, args: &PlanArgs, printer: Printer) -> Result<E
             Ok(plan_remote(
                 &setup.verifier,
                 &services,
-                &inputs,
+                tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
                 &store,
                 check_cache,
                 false,
             )
             .await?)
-        })?,
-        _ => services
-            .iter()
-            .zip(&inputs)
-            .map(|(svc, inp)| decide(svc, inp, None, None, &store, false))
-            .collect(),
-    };
+        });
+        hashed(hashing)?;
+        Ok(plans?.into_iter().flatten().collect())
+    })?;
     let report = BuildReport {
         services: services
             .iter()
