@@ -10,7 +10,9 @@ pub use pipeline::EntriesDigest;
 use pipeline::{Listed, hash_walk};
 
 use crate::config::{Inputs, Service};
-use crate::context::{ContextError, ContextFilter, DockerIgnore, Entry, EntryKind, walk};
+use crate::context::{
+    ContextError, ContextFilter, DockerIgnore, Entry, EntryKind, walk, walk_each,
+};
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
 use crate::index::Index;
@@ -423,24 +425,39 @@ fn what_is_read(
     (reads, read, prediction)
 }
 
-/// The entries of `svc` that its input digest covers (all of the context after `.dockerignore` with `whole`), in
-/// send order, and what they are; for `hash --list`, without hashing anything.
-pub fn listed_entries(
+/// Hands the entries of `svc` that its input digest covers (all of the context after `.dockerignore` with
+/// `whole`) to `visit` in send order, as the walk finds them (nothing is held), and says what they are; for `hash
+/// --list`, without hashing anything. Follow paths are listed as the session sends them: the walk through their
+/// filter.
+pub fn list_entries<E: From<HashError> + From<ContextError>>(
     svc: &Service,
     own: &[PathBuf],
     whole: bool,
-) -> Result<(Vec<Entry>, Reads), HashError> {
-    let (ignore, entries) = select_context(svc, own)?;
-    if whole {
-        let why = "the whole context".to_owned();
-        return Ok((entries, Reads::Context { why }));
-    }
-    let dockerfile = read_dockerfile(svc)?;
-    let (reads, read, _) = what_is_read(svc, &dockerfile, &ignore, &entries, own);
-    Ok((
-        read.into_iter().map(|i| entries[i].clone()).collect(),
-        reads,
-    ))
+    mut visit: impl FnMut(Entry) -> Result<(), E>,
+) -> Result<Reads, E> {
+    let ignore = DockerIgnore::load(&svc.context, &svc.dockerfile)?;
+    let reads = if whole {
+        Reads::Context {
+            why: "the whole context".to_owned(),
+        }
+    } else {
+        predicted(svc, &read_dockerfile(svc)?).0
+    };
+    let filter = match &reads {
+        Reads::Context { .. } => ignore.filter()?.hide_own(&svc.context, own),
+        Reads::Nothing => return Ok(reads),
+        Reads::Paths { followpaths } => match read_filter(svc, &ignore, followpaths, own) {
+            Some(filter) => filter,
+            None => {
+                let why = "the follow paths do not resolve".to_owned();
+                let filter = ignore.filter()?.hide_own(&svc.context, own);
+                walk_each(&svc.context, &filter, visit)?;
+                return Ok(Reads::Context { why });
+            }
+        },
+    };
+    walk_each(&svc.context, &filter, &mut visit)?;
+    Ok(reads)
 }
 
 /// The input digest: what is covered (whole context, follow paths, nothing), the covered entries' digests, the
