@@ -122,7 +122,8 @@ impl From<ContextError> for Stop {
 /// Walks `root` through `filter` and hashes every kept entry into `sink`, looking contents up in (and recording
 /// them with) the index `pass`. The first error in send order is the one returned, as a sequential walk would.
 ///
-/// The walk runs on a pool of its own, so this may wait for it on any thread, a rayon worker included.
+/// The walk runs on the calling thread (its stats on the caller's rayon pool), and waits for the hashing without
+/// blocking a rayon worker (see [`wait_below`]), so any thread may call this, a rayon worker included.
 pub(super) fn hash_walk(
     root: &Path,
     filter: &ContextFilter,
@@ -144,7 +145,7 @@ pub(super) fn hash_walk(
                 return Ok(());
             }
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-            let (tx, _) = processor.get_or_insert_with(|| {
+            let (tx, handle) = processor.get_or_insert_with(|| {
                 let (pass, sink) = held.take().expect("held until the processor starts");
                 let (tx, rx) = mpsc::channel::<Vec<Entry>>();
                 let handle = scope.spawn(move || {
@@ -157,7 +158,7 @@ pub(super) fn hash_walk(
                 });
                 (tx, handle)
             });
-            wait_below(in_flight, AHEAD);
+            wait_below(in_flight, AHEAD, handle);
             in_flight.fetch_add(1, Ordering::Acquire);
             tx.send(full).map_err(|_| Stop::HungUp)
         });
@@ -184,10 +185,15 @@ pub(super) fn hash_walk(
     })
 }
 
-/// Waits until fewer than `limit` chunks are in flight. The walk may run on a rayon worker whose pool the hashing
-/// needs too, so it must not block the thread: it runs the pool's other jobs meanwhile, or naps briefly.
-fn wait_below(in_flight: &AtomicUsize, limit: usize) {
-    while in_flight.load(Ordering::Acquire) >= limit {
+/// Waits until fewer than `limit` chunks are in flight, or the `processor` has ended (it failed: the send that
+/// follows says so). The walk may run on a rayon worker whose pool the hashing needs too, so it must not block the
+/// thread: it runs the pool's other jobs meanwhile, or naps briefly.
+fn wait_below<T>(
+    in_flight: &AtomicUsize,
+    limit: usize,
+    processor: &std::thread::ScopedJoinHandle<'_, T>,
+) {
+    while in_flight.load(Ordering::Acquire) >= limit && !processor.is_finished() {
         if rayon::yield_now() != Some(rayon::Yield::Executed) {
             std::thread::sleep(std::time::Duration::from_micros(100));
         }
