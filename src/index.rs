@@ -86,6 +86,7 @@ impl Index {
             index: self,
             file: self.file(root, scope),
             reader: None,
+            original: None,
             current: false,
             problem: None,
             save,
@@ -99,6 +100,9 @@ impl Index {
         };
         match fs_err::File::open(file) {
             Ok(f) => {
+                // A second handle on the same file, for copying its first records when something differs: the
+                // path may by then name a newer file (a service sharing this context saved it meanwhile).
+                pass.original = f.file().try_clone().ok();
                 let mut reader = Records::new(BufReader::with_capacity(64 << 10, f), *id);
                 pass.current = reader.next();
                 pass.reader = Some(reader);
@@ -119,6 +123,8 @@ pub struct Pass<'a> {
     index: &'a Index,
     file: Option<(PathBuf, [u8; 32])>,
     reader: Option<Records<BufReader<fs_err::File>>>,
+    /// The file `reader` reads, read again (by position, leaving `reader`'s alone) to copy its first records.
+    original: Option<std::fs::File>,
     /// Whether `reader` holds a record not yet merged.
     current: bool,
     problem: Option<String>,
@@ -204,8 +210,14 @@ impl Pass<'_> {
         let (file, id) = self.file.clone().expect("only a pass with a file writes");
         let mut w = Writer::create(self.index, &file, &id)?;
         if self.matched > 0 {
-            let old = fs_err::File::open(&file)?;
-            let mut old = Records::new(BufReader::with_capacity(64 << 10, old), id);
+            let original = self.original.as_ref().ok_or_else(|| {
+                std::io::Error::other(format!("{} is no longer open", file.display()))
+            })?;
+            let from_start = ReadAt {
+                file: original,
+                at: 0,
+            };
+            let mut old = Records::new(BufReader::with_capacity(64 << 10, from_start), id);
             for _ in 0..self.matched {
                 if !old.next() {
                     return Err(std::io::Error::other(format!(
@@ -259,6 +271,20 @@ impl Pass<'_> {
             }
         }
         Ok(problem)
+    }
+}
+
+/// Reads a file from a position of its own (`pread`), whatever other handles on it do.
+struct ReadAt<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 
@@ -727,6 +753,34 @@ mod tests {
             &new_contents[..2999]
         ));
         assert!(!lookup(&idx, Path::new("/r"), b"", &changed[..2999]).stale);
+    }
+
+    #[test]
+    fn records_are_copied_from_the_file_this_pass_read() {
+        let cache = tempfile::tempdir().unwrap();
+        let idx = Index::open(cache.path());
+        let root = Path::new("/x");
+        let d = |n| Some(Digest([n; 32]));
+        let entries = vec![file("a", 1), file("b/c", 2), file("b.d", 3)];
+        assert!(save(&idx, root, b"", &entries, &[d(1), d(2), d(3)]));
+
+        let mut pass = idx.pass(root, b"", true);
+        for (e, c) in entries[..2].iter().zip([d(1), d(2)]) {
+            assert_eq!(pass.lookup(e), c);
+            pass.record(e, c.as_ref());
+        }
+        // Meanwhile a service sharing this context saves another file in its place.
+        assert!(save(&idx, root, b"", &[file("z", 9)], &[d(9)]));
+        // Then this pass meets a change: what it copies is what it read, not the newer file.
+        let mut changed = entries[2].clone();
+        changed.mtime_ns += 1;
+        assert_eq!(pass.lookup(&changed), None);
+        pass.record(&changed, d(7).as_ref());
+        pass.finish().unwrap();
+        let now = [entries[0].clone(), entries[1].clone(), changed];
+        let known = lookup(&idx, root, b"", &now);
+        assert_eq!(known.digests, vec![d(1), d(2), d(7)]);
+        assert!(!known.stale);
     }
 
     #[test]
