@@ -19,6 +19,13 @@ impl Digest {
         hex::encode(&self.0[..6])
     }
 
+    /// The 64 hex digits, without an allocation: state files hold one per context entry (issue 12).
+    fn hex(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut out).expect("64 bytes hold the hex of 32");
+        out
+    }
+
     /// Parses 64 hex digits.
     pub fn parse(s: &str) -> Option<Digest> {
         let mut out = [0u8; 32];
@@ -35,7 +42,7 @@ impl From<blake3::Hash> for Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        f.write_str(std::str::from_utf8(&self.hex()).expect("hex digits are ASCII"))
     }
 }
 
@@ -47,14 +54,24 @@ impl fmt::Debug for Digest {
 
 impl serde::Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(std::str::from_utf8(&self.hex()).expect("hex digits are ASCII"))
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Digest::parse(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+        /// Reads the digits in place: no String per digest.
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Digest, E> {
+                Digest::parse(s).ok_or_else(|| E::custom("expected 64 hex digits"))
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 
@@ -69,5 +86,19 @@ mod tests {
         assert_eq!(Digest::parse("zz"), None);
         assert_eq!(Digest::parse(&"a".repeat(63)), None);
         assert_eq!(d.short(), d.to_string()[..12]);
+    }
+
+    #[test]
+    fn serde_is_the_hex_string() {
+        let d = Digest(std::array::from_fn(|i| i as u8 * 8));
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(
+            json,
+            "\"0008101820283038404850586068707880889098a0a8b0b8c0c8d0d8e0e8f0f8\""
+        );
+        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
+        let err = serde_json::from_str::<Digest>("\"abc\"").unwrap_err();
+        assert!(err.to_string().contains("expected 64 hex digits"), "{err}");
+        assert!(serde_json::from_str::<Digest>("17").is_err());
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use rayon::prelude::*;
 use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
@@ -494,14 +495,19 @@ pub(super) fn run(
     if args.dry_run {
         return Ok(ExitStatus::Success);
     }
-    // The local state (what changed since, for `plan`) of every service that has an image for its inputs.
-    for (s, inputs) in report.services.iter().zip(&inputs) {
-        if matches!(s.status, Status::Built | Status::Skipped | Status::Promoted)
-            && let Err(e) = store.record(&s.service, inputs)
-        {
-            tracing::warn!("could not record the local state of `{}`: {e}", s.service);
-        }
-    }
+    // The local state (what changed since, for `plan`) of every service that has an image for its inputs; on a
+    // fresh clone that is a file per service listing every entry, written on every core (issue 12).
+    report
+        .services
+        .par_iter()
+        .zip(&inputs)
+        .for_each(|(s, inputs)| {
+            if matches!(s.status, Status::Built | Status::Skipped | Status::Promoted)
+                && let Err(e) = store.record(&s.service, inputs)
+            {
+                tracing::warn!("could not record the local state of `{}`: {e}", s.service);
+            }
+        });
     // The summary is the result of a build: written under --quiet too.
     report.write_summary(&mut printer.errors())?;
     Progress::new(progress, printer).summary(&report);
