@@ -181,15 +181,14 @@ impl Pass<'_> {
             self.matched += 1;
             return;
         }
-        let written = match self.writer.as_mut() {
-            Some(w) => w.push(&e.path, fingerprint(e), digest),
-            None => self.start_writing().and_then(|()| {
-                self.writer
-                    .as_mut()
-                    .expect("started")
-                    .push(&e.path, fingerprint(e), digest)
-            }),
+        let started = match self.writer {
+            Some(_) => Ok(()),
+            None => self.start_writing(),
         };
+        let written = started.and_then(|()| {
+            let w = self.writer.as_mut().expect("started");
+            w.push(&e.path, fingerprint(e), digest)
+        });
         if let Err(e) = written {
             self.abandon(e);
         }

@@ -294,7 +294,7 @@ fn hashed(handle: Hashing<'_>) -> Result<Vec<Arc<ServiceInputs>>, Error> {
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
-/// The input digests of `services`, as [`hash_all`] computes them but without holding any context.
+/// The input digests of `services`, as [`hash_in_background`] computes them but without holding any context.
 fn digest_all(ws: &Workspace, services: &[&Service]) -> Result<Vec<Digest>, Error> {
     in_waves(ws, services, &[], digest_service, |d| *d, |_, _| {})
 }

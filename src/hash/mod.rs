@@ -146,6 +146,14 @@ fn hash_named(
     Ok(out)
 }
 
+/// The digests of the direct dependencies of `svc`, by name, from `deps` (which holds every one of them).
+fn own_deps(svc: &Service, deps: &BTreeMap<String, Digest>) -> BTreeMap<String, Digest> {
+    svc.depends_on
+        .iter()
+        .map(|name| (name.clone(), deps[name]))
+        .collect()
+}
+
 /// The Dockerfile of `svc`.
 fn read_dockerfile(svc: &Service) -> Result<Vec<u8>, HashError> {
     fs_err::read(&svc.dockerfile).map_err(|source| HashError::Read {
@@ -270,11 +278,7 @@ pub fn hash_service(
     let named = hash_named(svc, index, own, true)?;
     let params = params_digest(svc, &named);
     let param_digests = param_digests(svc, &named);
-    let own_deps: BTreeMap<String, Digest> = svc
-        .depends_on
-        .iter()
-        .map(|name| (name.clone(), deps[name]))
-        .collect();
+    let own_deps = own_deps(svc, deps);
 
     let (reads, read, prediction) = what_is_read(svc, &dockerfile_bytes, &ignore, &entries, own);
 
@@ -328,19 +332,10 @@ pub fn digest_service(
     hash_context(&svc.context, &ignore, own, index, &mut whole)?;
     let dockerfile_bytes = read_dockerfile(svc)?;
     let named = hash_named(svc, index, own, false)?;
-    let own_deps: BTreeMap<String, Digest> = svc
-        .depends_on
-        .iter()
-        .map(|name| (name.clone(), deps[name]))
-        .collect();
+    let (dockerfile, params) = (Digest::of(&dockerfile_bytes), params_digest(svc, &named));
+    let own_deps = own_deps(svc, deps);
     let digest = |reads: &Reads, entries: &EntriesDigest| {
-        service_digest(
-            reads,
-            entries,
-            &Digest::of(&dockerfile_bytes),
-            &params_digest(svc, &named),
-            &own_deps,
-        )
+        service_digest(reads, entries, &dockerfile, &params, &own_deps)
     };
     let (reads, _) = predicted(svc, &dockerfile_bytes);
     let followpaths = match &reads {
@@ -433,7 +428,7 @@ pub fn list_entries<E: From<HashError> + From<ContextError>>(
     svc: &Service,
     own: &[PathBuf],
     whole: bool,
-    mut visit: impl FnMut(Entry) -> Result<(), E>,
+    visit: impl FnMut(Entry) -> Result<(), E>,
 ) -> Result<Reads, E> {
     let ignore = DockerIgnore::load(&svc.context, &svc.dockerfile)?;
     let reads = if whole {
@@ -443,20 +438,22 @@ pub fn list_entries<E: From<HashError> + From<ContextError>>(
     } else {
         predicted(svc, &read_dockerfile(svc)?).0
     };
-    let filter = match &reads {
-        Reads::Context { .. } => ignore.filter()?.hide_own(&svc.context, own),
+    let (reads, filter) = match reads {
         Reads::Nothing => return Ok(reads),
-        Reads::Paths { followpaths } => match read_filter(svc, &ignore, followpaths, own) {
-            Some(filter) => filter,
+        Reads::Paths { ref followpaths } => match read_filter(svc, &ignore, followpaths, own) {
+            Some(filter) => (reads, filter),
             None => {
                 let why = "the follow paths do not resolve".to_owned();
-                let filter = ignore.filter()?.hide_own(&svc.context, own);
-                walk_each(&svc.context, &filter, visit)?;
-                return Ok(Reads::Context { why });
+                let whole = ignore.filter()?.hide_own(&svc.context, own);
+                (Reads::Context { why }, whole)
             }
         },
+        Reads::Context { .. } => {
+            let whole = ignore.filter()?.hide_own(&svc.context, own);
+            (reads, whole)
+        }
     };
-    walk_each(&svc.context, &filter, &mut visit)?;
+    walk_each(&svc.context, &filter, visit)?;
     Ok(reads)
 }
 

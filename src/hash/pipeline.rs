@@ -230,7 +230,6 @@ fn hash_chunk(
     sink: &mut (dyn Sink + Send),
 ) -> Result<(), HashError> {
     let mut contents: Vec<Option<Digest>> = entries.iter().map(|e| pass.lookup(e)).collect();
-    let unknown = |e: &Entry, c: &Option<Digest>| e.kind == EntryKind::File && c.is_none();
     let files = entries
         .iter()
         .zip(&contents)
@@ -238,20 +237,7 @@ fn hash_chunk(
         .count();
     if files > 0 && cache.worth_trying() {
         // From the page cache, on the threads that hash; what is not there waits for the readers below.
-        entries
-            .par_iter_mut()
-            .zip(&mut contents)
-            .with_min_len(64)
-            .try_for_each(|(e, c)| {
-                if unknown(e, c)
-                    && let Some((d, stat)) =
-                        hash_cached_file(&e.abs_path(root), FileStat::from_entry(e))?
-                {
-                    stat.apply(e);
-                    *c = Some(d);
-                }
-                Ok::<(), HashError>(())
-            })?;
+        read_unknown(root, &mut entries, &mut contents, hash_cached_file)?;
         let missed = entries
             .iter()
             .zip(&contents)
@@ -261,19 +247,9 @@ fn hash_chunk(
     }
     if entries.iter().zip(&contents).any(|(e, c)| unknown(e, c)) {
         on_readers(|| {
-            entries
-                .par_iter_mut()
-                .zip(&mut contents)
-                .with_min_len(64)
-                .try_for_each(|(e, c)| {
-                    if unknown(e, c) {
-                        let path = e.abs_path(root);
-                        let (d, stat) = hash_stable_file(&path, Some(FileStat::from_entry(e)))?;
-                        stat.apply(e);
-                        *c = Some(d);
-                    }
-                    Ok::<(), HashError>(())
-                })
+            read_unknown(root, &mut entries, &mut contents, |path, seen| {
+                hash_stable_file(path, Some(seen)).map(Some)
+            })
         })?;
     }
     for (e, c) in entries.iter().zip(&contents) {
@@ -291,6 +267,35 @@ fn hash_chunk(
         digests,
     });
     Ok(())
+}
+
+/// Whether `e` is a regular file whose content hash `c` is not known yet.
+fn unknown(e: &Entry, c: &Option<Digest>) -> bool {
+    e.kind == EntryKind::File && c.is_none()
+}
+
+/// Fills in, in parallel, the content hash of each regular file of `entries` that has none in `contents` (same
+/// order) with what `read` makes of it (given the status the walk saw; None leaves it unknown), updating the entry
+/// to the status that was hashed.
+fn read_unknown(
+    root: &Path,
+    entries: &mut [Entry],
+    contents: &mut [Option<Digest>],
+    read: impl Fn(&Path, FileStat) -> Result<Option<(Digest, FileStat)>, HashError> + Sync,
+) -> Result<(), HashError> {
+    entries
+        .par_iter_mut()
+        .zip(contents)
+        .with_min_len(64)
+        .try_for_each(|(e, c)| {
+            if unknown(e, c)
+                && let Some((d, stat)) = read(&e.abs_path(root), FileStat::from_entry(e))?
+            {
+                stat.apply(e);
+                *c = Some(d);
+            }
+            Ok(())
+        })
 }
 
 fn reader_pool() -> Option<&'static rayon::ThreadPool> {
